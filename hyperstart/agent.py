@@ -1,0 +1,341 @@
+"""hyperstart: PID 1 of every pod VM.
+
+Mounts the basics, then serves hyperd over one virtio-serial port with the protocol
+in ``hyperstart.protocol``: requests in, replies and events out, container output
+multiplexed as flow-controlled streams.  One thread and one ``selectors`` loop:
+Python's start-up under TCG is slow, so this imports as little as it can.
+"""
+
+from __future__ import annotations
+
+import binascii
+import fcntl
+import json
+import os
+import selectors
+import signal
+import struct
+import sys
+import time
+
+from hyperstart import container, syscalls
+from hyperstart.protocol import (
+    DATA_CHUNK, INITIAL_WINDOW, PORT_NAME, VERSIONS, Decoder, Frame, Kind, ProtocolError, decode_credit,
+    decode_message, encode, encode_message, exit_status,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the guest pays for every import: typing only for the checker
+    from collections.abc import Callable
+    from typing import Any
+
+    Handler = Callable[[dict[str, Any], "Reply"], None]
+
+AGENT_VERSION = "0.1.0"
+CAPABILITIES = ("containers", "signals", "stdio")
+
+
+def mount_basics() -> None:
+    plain = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+    for source, target, fstype, flags, data in (
+        ("proc", "/proc", "proc", plain, None),
+        ("sysfs", "/sys", "sysfs", plain, None),
+        ("devtmpfs", "/dev", "devtmpfs", syscalls.MS_NOSUID, "mode=0755"),
+        ("tmpfs", "/run", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755"),
+        ("tmpfs", "/tmp", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=1777"),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", plain, None),
+    ):
+        syscalls.mount(source, target, fstype, flags, data)
+
+
+def find_port() -> str:
+    base = "/sys/class/virtio-ports"
+    for _ in range(500):
+        for name in os.listdir(base) if os.path.isdir(base) else ():
+            with open(f"{base}/{name}/name") as f:
+                if f.read().strip() == PORT_NAME:
+                    return f"/dev/{name}"
+        time.sleep(0.01)
+    raise SystemExit(f"hyperstart: virtio port {PORT_NAME} not found")
+
+
+def uptime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class Reply:
+    """The one answer a request gets, now or later."""
+
+    def __init__(self, agent: Agent, request_id: Any) -> None:
+        self.agent = agent
+        self.request_id = request_id
+
+    def ok(self, result: dict[str, Any]) -> None:
+        self.agent.send(encode_message(Kind.REPLY, {"id": self.request_id, "result": result}))
+
+    def fail(self, code: int, message: str) -> None:
+        error = {"code": code, "message": message}
+        self.agent.send(encode_message(Kind.REPLY, {"id": self.request_id, "error": error}))
+
+
+class Output:
+    """One output pipe of a container process, sent to the host as a stream."""
+
+    def __init__(self, fd: int, stream: int) -> None:
+        self.fd = fd
+        self.stream = stream
+        self.window = INITIAL_WINDOW
+        self.open = True
+
+
+class Process:
+    """A container's PID 1 as the agent tracks it, until it has exited and said all."""
+
+    def __init__(self, container_id: str, outputs: list[Output], errors: int) -> None:
+        self.container_id = container_id
+        self.outputs = outputs
+        self.errors = errors
+        self.error = bytearray()
+        self.status: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not None and self.errors < 0 and not any(out.open for out in self.outputs)
+
+
+class Agent:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.selector = selectors.DefaultSelector()
+        self.decoder = Decoder()
+        self.pending = bytearray()
+        self.running = True
+        self.images = container.Images()
+        self.containers: dict[str, container.Container] = {}
+        self.processes: dict[int, Process] = {}
+        self.outputs: dict[int, Output] = {}
+        self.handlers: dict[str, Handler] = {
+            "init": self.init,
+            "container.start": self.start_container,
+            "signal": self.signal,
+            "shutdown": self.shutdown,
+        }
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.selector.register(wake_read, selectors.EVENT_READ, lambda _mask: self.on_signal(wake_read))
+        self.selector.register(port, selectors.EVENT_READ, self.on_port)
+
+    def serve(self, started: float) -> None:
+        self.event("ready", versions=list(VERSIONS), capabilities=list(CAPABILITIES), agent=AGENT_VERSION,
+                   boot={"agent_start": started, "agent_ready": uptime()})
+        while self.running or self.pending:
+            for key, mask in self.selector.select():
+                key.data(mask)
+
+    # -- the wire ---------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self.pending += data
+        self.flush()
+
+    def flush(self) -> None:
+        while self.pending:
+            try:
+                written = os.write(self.port, self.pending)
+            except BlockingIOError:
+                break
+            del self.pending[:written]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.pending else 0)
+        self.selector.modify(self.port, events, self.on_port)
+
+    def event(self, name: str, **fields: Any) -> None:
+        self.send(encode_message(Kind.EVENT, {"event": name, **fields}))
+
+    def on_port(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.flush()
+        if mask & selectors.EVENT_READ:
+            try:
+                data = os.read(self.port, 1 << 16)
+            except BlockingIOError:
+                return
+            for frame in self.decoder.feed(data):
+                self.dispatch(frame)
+
+    def dispatch(self, frame: Frame) -> None:
+        if frame.kind == Kind.REQUEST:
+            message = decode_message(frame)
+            reply = Reply(self, message.get("id"))
+            handler = self.handlers.get(str(message.get("op")))
+            if handler is None:
+                reply.fail(125, f"unknown operation {message.get('op')!r}")
+                return
+            try:
+                handler(message.get("args") or {}, reply)
+            except container.StartError as err:
+                reply.fail(err.code, str(err))
+            except (OSError, LookupError, TypeError, ValueError) as err:
+                reply.fail(125, f"{message.get('op')}: {err}")
+        elif frame.kind == Kind.WINDOW:
+            out = self.outputs.get(frame.stream)
+            if out is not None and out.open:
+                was_blocked = out.window <= 0
+                out.window += decode_credit(frame)
+                if was_blocked and out.window > 0:
+                    self.selector.register(out.fd, selectors.EVENT_READ, self.reader(out))
+        else:
+            raise ProtocolError(f"unexpected {frame.kind.name} frame from the host")
+
+    # -- container processes ----------------------------------------------------------
+
+    def reader(self, out: Output) -> Callable[[int], None]:
+        def on_readable(_mask: int) -> None:
+            try:
+                data = os.read(out.fd, min(out.window, DATA_CHUNK))
+            except BlockingIOError:
+                return
+            if data:
+                out.window -= len(data)
+                self.send(encode(Kind.DATA, out.stream, data))
+                if out.window <= 0:
+                    self.selector.unregister(out.fd)
+                return
+            self.selector.unregister(out.fd)
+            os.close(out.fd)
+            out.open = False
+            del self.outputs[out.stream]
+            self.send(encode(Kind.EOF, out.stream))
+            self.check_all()
+
+        return on_readable
+
+    def on_signal(self, wake: int) -> None:
+        while True:
+            try:
+                if not os.read(wake, 512):
+                    break
+            except BlockingIOError:
+                break
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid in self.processes:
+                self.processes[pid].status = exit_status(status)
+        self.check_all()
+
+    def check_all(self) -> None:
+        """Report each process whose exit is known and whose output has all been sent."""
+        for pid, process in list(self.processes.items()):
+            if not process.finished:
+                continue
+            del self.processes[pid]
+            box = self.containers.pop(process.container_id, None)
+            if box is not None:
+                container.release(box)
+            if not process.error:
+                self.event("exit", container=process.container_id, status=process.status)
+
+    # -- operations -------------------------------------------------------------------
+
+    def init(self, args: dict[str, Any], reply: Reply) -> None:
+        if "time" in args:
+            time.clock_settime(time.CLOCK_REALTIME, float(args["time"]))
+        seed = binascii.a2b_base64(args.get("entropy", ""))
+        if seed:
+            with open("/dev/urandom", "wb") as rnd:
+                fcntl.ioctl(rnd, syscalls.RNDADDENTROPY, struct.pack("ii", len(seed) * 8, len(seed)) + seed)
+        reply.ok({})
+
+    def start_container(self, args: dict[str, Any], reply: Reply) -> None:
+        cid = str(args["id"])
+        if cid in self.containers:
+            raise container.StartError(125, f"container {cid} already exists in this pod")
+        process_args = args["process"]
+        spec = container.ProcessSpec(
+            args=[str(a) for a in process_args["args"]],
+            env=[str(e) for e in process_args.get("env", [])],
+            cwd=str(process_args.get("cwd") or "/"),
+            user=str(process_args.get("user") or ""),
+        )
+        rootfs = args["rootfs"]
+        lower = self.images.mount(str(rootfs["disk"]), str(rootfs.get("fstype", "erofs")))
+        box = container.assemble(cid, lower)
+        box.hostname = str(args.get("hostname") or box.hostname)
+        self.containers[cid] = box
+        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            box.pid = container.spawn(box, spec, (null, stdout_w, stderr_w), errors_w)
+        except BaseException:
+            for fd in (stdout_r, stderr_r, errors_r):
+                os.close(fd)
+            del self.containers[cid]
+            container.release(box)
+            raise
+        finally:
+            for fd in (stdout_w, stderr_w, errors_w, null):
+                os.close(fd)
+        outputs = [Output(stdout_r, int(args["stdout"])), Output(stderr_r, int(args["stderr"]))]
+        process = Process(cid, outputs, errors_r)
+        self.processes[box.pid] = process
+        for out in outputs:
+            os.set_blocking(out.fd, False)
+            self.outputs[out.stream] = out
+            self.selector.register(out.fd, selectors.EVENT_READ, self.reader(out))
+
+        def on_errors(_mask: int) -> None:
+            # EOF with nothing said means the main process exec'd: the start succeeded.
+            chunk = os.read(errors_r, 4096)
+            if chunk and len(process.error) < 4096:
+                process.error += chunk
+                return
+            self.selector.unregister(errors_r)
+            os.close(errors_r)
+            process.errors = -1
+            if process.error:
+                failure = json.loads(bytes(process.error))
+                reply.fail(int(failure["code"]), str(failure["message"]))
+            else:
+                reply.ok({"pid": box.pid})
+            self.check_all()
+
+        self.selector.register(errors_r, selectors.EVENT_READ, on_errors)
+
+    def signal(self, args: dict[str, Any], reply: Reply) -> None:
+        box = self.containers.get(str(args["id"]))
+        if box is None:
+            raise container.StartError(125, f"no running container {args['id']} in this pod")
+        os.kill(box.pid, int(args["signal"]))
+        reply.ok({})
+
+    def shutdown(self, _args: dict[str, Any], reply: Reply) -> None:
+        for box in self.containers.values():
+            try:
+                os.kill(box.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.sync()
+        self.running = False
+        reply.ok({})
+
+
+def main() -> None:
+    started = uptime()
+    if os.getpid() == 1:
+        mount_basics()
+    port = os.open(find_port(), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        Agent(port).serve(started)
+    except ProtocolError as err:
+        print(f"hyperstart: protocol error from the host: {err}", file=sys.stderr)
+    finally:
+        if os.getpid() == 1:
+            os.sync()
+            syscalls.reboot()

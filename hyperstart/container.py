@@ -1,0 +1,274 @@
+"""Containers inside the guest: a root filesystem stacked from an image disk, and a
+process tree in its own mount, PID, UTS and IPC namespaces.
+
+Each container's PID 1 is a small reaper forked from the agent (as ``docker run
+--init`` does with tini): it forwards signals to the container's main process, reaps
+orphans and exits with the main process's status.  The main process is therefore
+killable from inside (``kill -9 $$`` ends it with 137, as users expect) and zombies
+never pile up, whatever the image's entrypoint does.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import stat
+
+from hyperstart import syscalls
+from hyperstart.protocol import exit_status
+
+RUN = "/run/hyper"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+FORWARDED = sorted(
+    set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD}, key=int,
+)
+
+
+class StartError(Exception):
+    """A container process could not be started; ``code`` is docker's exit code for it."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProcessSpec:
+    """What to run: argv, environment, working directory and ``user[:group]``."""
+
+    __slots__ = ("args", "env", "cwd", "user")
+
+    def __init__(self, args: list[str], env: list[str], cwd: str = "/", user: str = "") -> None:
+        self.args = args
+        self.env = env
+        self.cwd = cwd
+        self.user = user
+
+
+class Container:
+    """A container's assembled root and, once started, the pid of its PID 1."""
+
+    def __init__(self, container_id: str, root: str, hostname: str, mounts: list[str]) -> None:
+        self.id = container_id
+        self.root = root
+        self.hostname = hostname
+        self.mounts = mounts
+        self.pid = 0
+
+
+def _disk_by_serial(serial: str) -> str:
+    for name in sorted(os.listdir("/sys/block")):
+        try:
+            with open(f"/sys/block/{name}/serial") as f:
+                if f.read().strip() == serial:
+                    return f"/dev/{name}"
+        except FileNotFoundError:
+            continue
+    raise StartError(125, f"no disk with serial {serial!r} is attached to the VM")
+
+
+class Images:
+    """Read-only image disks, each mounted once and shared by every container using it."""
+
+    def __init__(self) -> None:
+        self._mounted: dict[str, str] = {}
+
+    def mount(self, serial: str, fstype: str) -> str:
+        if serial not in self._mounted:
+            target = f"{RUN}/images/{serial}"
+            os.makedirs(target, exist_ok=True)
+            syscalls.mount(_disk_by_serial(serial), target, fstype, syscalls.MS_RDONLY)
+            self._mounted[serial] = target
+        return self._mounted[serial]
+
+
+def assemble(container_id: str, lower: str) -> Container:
+    """Stack a writable tmpfs upper layer over the image: the container's root."""
+    base = f"{RUN}/containers/{container_id}"
+    for sub in ("upper", "work", "root"):
+        os.makedirs(f"{base}/{sub}", exist_ok=True)
+    root = f"{base}/root"
+    syscalls.mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={base}/upper,workdir={base}/work")
+    for sub in ("proc", "sys", "dev"):
+        os.makedirs(f"{root}/{sub}", exist_ok=True)
+    return Container(container_id, root, container_id[:12], [root])
+
+
+def release(container: Container) -> None:
+    for target in reversed(container.mounts):
+        try:
+            syscalls.umount(target, syscalls.MNT_DETACH)
+        except OSError:
+            pass
+
+
+def _populate_dev(root: str) -> None:
+    dev = f"{root}/dev"
+    syscalls.mount("tmpfs", dev, "tmpfs", syscalls.MS_NOSUID, "mode=755,size=65536k")
+    for name, major, minor in DEVICES:
+        os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(f"{dev}/{name}", 0o666)
+    os.mkdir(f"{dev}/pts")
+    syscalls.mount("devpts", f"{dev}/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
+                   "newinstance,ptmxmode=0666,mode=0620")
+    os.mkdir(f"{dev}/shm")
+    syscalls.mount("shm", f"{dev}/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
+                   "mode=1777,size=65536k")
+    os.mkdir(f"{dev}/mqueue")
+    syscalls.mount("mqueue", f"{dev}/mqueue", "mqueue", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
+    for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{link}")
+
+
+def _enter_root(container: Container) -> None:
+    """In the container's fresh mount namespace: its /proc, /sys, /dev, then pivot_root."""
+    root = container.root
+    syscalls.mount("", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    syscalls.mount(root, root, None, syscalls.MS_BIND | syscalls.MS_REC)
+    plain = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+    syscalls.mount("proc", f"{root}/proc", "proc", plain)
+    syscalls.mount("sysfs", f"{root}/sys", "sysfs", plain | syscalls.MS_RDONLY)
+    _populate_dev(root)
+    os.chdir(root)
+    syscalls.pivot_root(".", ".")
+    syscalls.umount(".", syscalls.MNT_DETACH)
+    os.chdir("/")
+
+
+def _lookup(path: str, name: str, field_index: int) -> tuple[str, ...] | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) > field_index and fields[0] == name:
+                    return tuple(fields)
+    except OSError:
+        pass
+    return None
+
+
+def resolve_user(spec: str) -> tuple[int, int, str]:
+    """uid, gid and home for ``user[:group]`` (names or numbers), read from the container's files."""
+    user, _, group = spec.partition(":")
+    uid, gid, home = 0, 0, "/"
+    if user:
+        entry = _lookup("/etc/passwd", user, 5)
+        if entry:
+            uid, gid, home = int(entry[2]), int(entry[3]), entry[5]
+        elif user.isdigit():
+            uid = int(user)
+            gid = uid if not group else 0
+        else:
+            raise StartError(125, f"unable to find user {user}: no matching entries in passwd file")
+    elif not group:
+        entry = _lookup("/etc/passwd", "root", 5)
+        home = entry[5] if entry else "/root"
+    if group:
+        entry = _lookup("/etc/group", group, 2)
+        if entry:
+            gid = int(entry[2])
+        elif group.isdigit():
+            gid = int(group)
+        else:
+            raise StartError(125, f"unable to find group {group}: no matching entries in group file")
+    return uid, gid, home
+
+
+def _find_executable(name: str, env: dict[str, str]) -> str:
+    if "/" in name:
+        return name
+    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise StartError(127, f'exec: "{name}": executable file not found in $PATH')
+
+
+def _exec(spec: ProcessSpec) -> None:
+    """Become the container's main process; never returns."""
+    env = dict(item.partition("=")[::2] for item in spec.env)
+    uid, gid, home = resolve_user(spec.user)
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("HOME", home)
+    cwd = spec.cwd or "/"
+    os.makedirs(cwd, exist_ok=True)
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    try:
+        os.chdir(cwd)
+    except OSError as err:
+        raise StartError(126, f"chdir to cwd ({cwd!r}) set in config: {err.strerror}") from err
+    if not spec.args:
+        raise StartError(125, "no command specified")
+    path = _find_executable(spec.args[0], env)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        os.execve(path, spec.args, [f"{k}={v}" for k, v in env.items()])
+    except OSError as err:
+        code = 127 if err.errno == errno.ENOENT else 126
+        raise StartError(code, f'exec: "{spec.args[0]}": {err.strerror.lower()}') from err
+
+
+def _reap(main: int) -> None:
+    """The container's PID 1: forward signals to the main process, reap, exit with its status."""
+    for sig in FORWARDED:
+        signal.signal(sig, lambda number, _frame: os.kill(main, number))
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == main:
+            os._exit(exit_status(status))
+
+
+def spawn(container: Container, spec: ProcessSpec, stdio: tuple[int, int, int], errors: int) -> int:
+    """Fork the container's PID 1 (the reaper) and its main process.
+
+    ``stdio`` are the descriptors for the main process's 0, 1, 2; ``errors`` is the
+    write end of a close-on-exec pipe on which a failed start writes one JSON line.
+    Returns the reaper's pid (as seen by the agent).
+    """
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    pid = -1
+    try:
+        # The next child is created in the new namespace; the agent itself stays where it was.
+        syscalls.unshare(syscalls.CLONE_NEWPID)
+        pid = os.fork()
+    finally:
+        if pid != 0:
+            syscalls.setns(own, syscalls.CLONE_NEWPID)
+        os.close(own)
+    if pid:
+        return pid
+    # The child: PID 1 of a new PID namespace.  Nothing here may return to the agent.
+    try:
+        signal.set_wakeup_fd(-1)
+        syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC)
+        _enter_root(container)
+        socket.sethostname(container.hostname)
+        main = os.fork()
+        if main == 0:
+            for target, source in enumerate(stdio):
+                os.dup2(source, target, inheritable=True)
+            _exec(spec)
+        null = os.open("/dev/null", os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        _reap(main)
+    except StartError as err:
+        _report(errors, err.code, str(err))
+    except BaseException as err:  # noqa: BLE001 - a forked child must never unwind into the agent
+        _report(errors, 125, f"container setup failed: {err}")
+    os._exit(255)
+
+
+def _report(errors: int, code: int, message: str) -> None:
+    try:
+        os.write(errors, json.dumps({"code": code, "message": message}).encode())
+    finally:
+        os._exit(code)
