@@ -42,7 +42,7 @@ files = sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, "__
 print(json.dumps(files))
 """
 
-INIT = """#!/usr/bin/python3.11 -SIB
+INIT = """#!/usr/bin/python3.11 -SsB
 import sys
 sys.path.insert(0, "/usr/lib/hyperstart")
 from hyperstart.agent import main
@@ -130,8 +130,12 @@ def assemble(staging: Path, tree: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target, follow_symlinks=False)
     (tree / "usr/lib/python3.11/lib-dynload").mkdir(parents=True, exist_ok=True)
-    for link in ("sh", "poweroff", "reboot"):
-        (tree / "bin" / link).symlink_to("busybox")
+    applets = run(["chroot", str(staging), "/bin/busybox", "--list-full"], capture_output=True).stdout.split()
+    for applet in applets:  # a shell and tools in the guest, for the probe and for debugging
+        link = tree / applet
+        if not link.exists() and not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to("/bin/busybox")
     for name in MOUNT_POINTS:
         (tree / name).mkdir(exist_ok=True)
     for name, text in (("init", INIT), ("probe", PROBE_INIT)):

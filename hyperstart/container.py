@@ -209,7 +209,7 @@ def _exec(spec: ProcessSpec) -> None:
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     try:
-        os.execve(path, spec.args, [f"{k}={v}" for k, v in env.items()])
+        os.execve(path, spec.args, env)
     except OSError as err:
         code = 127 if err.errno == errno.ENOENT else 126
         raise StartError(code, f'exec: "{spec.args[0]}": {err.strerror.lower()}') from err

@@ -1,0 +1,244 @@
+"""hyperd's end of the agent channel.
+
+The guest is untrusted: every frame is size-bounded by the decoder, every message is
+checked against the shape hyperd expects before anything acts on it, and a stream
+may not carry more than the window hyperd granted.  The first violation ends the
+session (``GuestError``) and the pod with it; nothing from the guest is ever
+evaluated, only validated copies of plain values leave this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hyperd.errors import GuestError, StartFailed
+from hyperstart.protocol import (
+    INITIAL_WINDOW, VERSIONS, Decoder, Frame, Kind, ProtocolError, decode_message, encode_message, encode_window,
+)
+
+MAX_TEXT = 4096
+MAX_LIST = 64
+
+
+def _text(value: Any, what: str, limit: int = MAX_TEXT) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise GuestError(f"agent sent an invalid {what}")
+    return value
+
+
+def _int(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise GuestError(f"agent sent an invalid {what}")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e7:
+        raise GuestError(f"agent sent an invalid {what}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    version: int
+    capabilities: frozenset[str]
+    agent: str
+    kernel_to_init: float
+    """Guest seconds from kernel start to the agent's first instruction."""
+    agent_startup: float
+    """Guest seconds from the agent's start to its ready event."""
+
+
+@dataclass(frozen=True)
+class ExitEvent:
+    container: str
+    status: int
+
+
+class Stream:
+    """Output of one guest process stream; ``read()`` returns b"" at EOF."""
+
+    def __init__(self, client: AgentClient, stream_id: int) -> None:
+        self.id = stream_id
+        self._client = client
+        self._chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        self.window = INITIAL_WINDOW
+        self.eof = False
+        self._unacked = 0
+
+    def _deliver(self, data: bytes) -> None:
+        if len(data) > self.window:
+            raise GuestError(f"agent overran the flow-control window of stream {self.id}")
+        self.window -= len(data)
+        self._chunks.put_nowait(data)
+
+    def _finish(self) -> None:
+        self.eof = True
+        self._chunks.put_nowait(b"")
+
+    async def read(self) -> bytes:
+        data = await self._chunks.get()
+        if data:
+            # Grant credit back in batches: fewer WINDOW frames, the pipe stays full.
+            self._unacked += len(data)
+            if self._unacked >= INITIAL_WINDOW // 4:
+                self.window += self._unacked
+                self._client.send_raw(encode_window(self.id, self._unacked))
+                self._unacked = 0
+        return data
+
+
+class AgentClient:
+    def __init__(self, sock: socket.socket, on_exit: Callable[[ExitEvent], None]) -> None:
+        self._sock = sock
+        self._on_exit = on_exit
+        self._decoder = Decoder()
+        self._ids = itertools.count(1)
+        self._stream_ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._streams: dict[int, Stream] = {}
+        self._ready: asyncio.Future[AgentInfo] = asyncio.get_running_loop().create_future()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self.error: Exception | None = None
+        self.info: AgentInfo | None = None
+
+    async def start(self) -> None:
+        reader, self._writer = await asyncio.open_connection(sock=self._sock)
+        self._reader_task = asyncio.create_task(self._read(reader))
+
+    async def ready(self) -> AgentInfo:
+        return await asyncio.shield(self._ready)
+
+    @property
+    def closed(self) -> asyncio.Task[None]:
+        assert self._reader_task is not None
+        return self._reader_task
+
+    def send_raw(self, data: bytes) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(data)
+
+    def open_stream(self) -> Stream:
+        stream = Stream(self, next(self._stream_ids))
+        self._streams[stream.id] = stream
+        return stream
+
+    async def request(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self.error is not None:
+            raise GuestError(f"agent connection is down: {self.error}")
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self.send_raw(encode_message(Kind.REQUEST, {"id": request_id, "op": op, "args": args or {}}))
+        try:
+            return await future
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader_task
+
+    # -- inbound ----------------------------------------------------------------------
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                for frame in self._decoder.feed(data):
+                    self._dispatch(frame)
+            raise GuestError("agent channel closed")
+        except (ProtocolError, GuestError, OSError) as err:
+            self._fail(err if isinstance(err, GuestError) else GuestError(f"agent protocol violation: {err}"))
+
+    def _fail(self, err: GuestError) -> None:
+        self.error = err
+        if not self._ready.done():
+            self._ready.set_exception(err)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(err)
+        for stream in self._streams.values():
+            if not stream.eof:
+                stream._finish()
+        if self._writer is not None:
+            self._writer.close()
+
+    def _dispatch(self, frame: Frame) -> None:
+        if frame.kind == Kind.DATA or frame.kind == Kind.EOF:
+            stream = self._streams.get(frame.stream)
+            if stream is None or stream.eof:
+                raise GuestError(f"agent wrote to unknown or closed stream {frame.stream}")
+            if frame.kind == Kind.DATA:
+                stream._deliver(frame.payload)
+            else:
+                stream._finish()
+                del self._streams[frame.stream]
+        elif frame.kind == Kind.REPLY:
+            self._reply(decode_message(frame))
+        elif frame.kind == Kind.EVENT:
+            self._event(decode_message(frame))
+        else:
+            raise GuestError(f"agent sent a {frame.kind.name} frame, which only hyperd may send")
+
+    def _reply(self, message: dict[str, Any]) -> None:
+        request_id = _int(message.get("id"), "reply id", 1, 2**53)
+        future = self._pending.get(request_id)
+        if future is None:
+            raise GuestError(f"agent replied to request {request_id}, which is not pending")
+        if "error" in message:
+            error = message["error"]
+            if not isinstance(error, dict):
+                raise GuestError("agent sent an invalid error reply")
+            code = _int(error.get("code"), "error code", 1, 255)
+            text = _text(error.get("message"), "error message")
+            future.set_exception(StartFailed(text, code))
+        else:
+            result = message.get("result")
+            if not isinstance(result, dict):
+                raise GuestError("agent sent an invalid reply")
+            future.set_result(result)
+
+    def _event(self, message: dict[str, Any]) -> None:
+        name = message.get("event")
+        if name == "ready" and not self._ready.done():
+            self._ready.set_result(self._negotiate(message))
+        elif name == "exit":
+            event = ExitEvent(_text(message.get("container"), "container id", 128),
+                              _int(message.get("status"), "exit status", 0, 255))
+            self._on_exit(event)
+        else:
+            raise GuestError(f"agent sent an unexpected event {str(name)[:64]!r}")
+
+    def _negotiate(self, message: dict[str, Any]) -> AgentInfo:
+        versions = message.get("versions")
+        capabilities = message.get("capabilities")
+        boot = message.get("boot")
+        if not isinstance(versions, list) or len(versions) > MAX_LIST:
+            raise GuestError("agent sent an invalid version list")
+        if not isinstance(capabilities, list) or len(capabilities) > MAX_LIST or not isinstance(boot, dict):
+            raise GuestError("agent sent an invalid ready event")
+        common = set(VERSIONS) & {_int(v, "protocol version", 1, 2**16) for v in versions}
+        if not common:
+            raise GuestError(f"agent speaks protocol versions {versions}, hyperd speaks {list(VERSIONS)}")
+        start = _number(boot.get("agent_start"), "boot time")
+        ready = _number(boot.get("agent_ready"), "boot time")
+        info = AgentInfo(
+            version=max(common),
+            capabilities=frozenset(_text(c, "capability", 64) for c in capabilities),
+            agent=_text(message.get("agent"), "agent version", 64),
+            kernel_to_init=start,
+            agent_startup=max(0.0, ready - start),
+        )
+        self.info = info
+        return info

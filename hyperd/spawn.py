@@ -1,0 +1,84 @@
+"""The one way hyperd starts a child process.
+
+argv lists only (never a shell), a minimal explicit environment, stdin from /dev/null,
+output to a log file, pre-opened descriptors passed by number, and always reaped:
+``Child.wait()`` is safe to call any number of times and ``Child.kill()`` on an exited
+child does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+MINIMAL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+class Child:
+    def __init__(self, process: asyncio.subprocess.Process, argv: list[str]) -> None:
+        self.process = process
+        self.argv = argv
+        self.pid = process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    def signal(self, sig: int) -> None:
+        if self.process.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    async def terminate(self, timeout: float) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the exit status."""
+        self.signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.wait()), timeout)
+        except TimeoutError:
+            self.signal(signal.SIGKILL)
+            return await self.wait()
+
+
+async def spawn(argv: Sequence[str], *, log: Path | None = None, pass_fds: Sequence[int] = (),
+                env: dict[str, str] | None = None) -> Child:
+    """Start ``argv`` with stdin from /dev/null and stdout/stderr appended to ``log``."""
+    argv = [str(a) for a in argv]
+    out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the child, closed below
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out if out else asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.STDOUT if out else asyncio.subprocess.DEVNULL,
+            env={**MINIMAL_ENV, **(env or {})},
+            pass_fds=tuple(pass_fds),
+            start_new_session=True,
+        )
+    finally:
+        if out:
+            out.close()
+    return Child(process, argv)
+
+
+async def run(argv: Sequence[str], *, timeout: float = 60) -> tuple[int, str]:
+    """Run a short command to completion; returns its status and combined output."""
+    process = await asyncio.create_subprocess_exec(
+        *[str(a) for a in argv], stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=MINIMAL_ENV,
+    )
+    child = Child(process, [str(a) for a in argv])
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        child.signal(signal.SIGKILL)
+        await child.wait()
+        return -1, f"timed out after {timeout:.0f}s"
+    return process.returncode or 0, out.decode(errors="replace")

@@ -1,0 +1,55 @@
+"""Hypervisor drivers.  The daemon sees only ``Hypervisor`` and ``VM``; building a
+hypervisor's command line or talking to its monitor happens inside a driver."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A block device for the guest, found there by its serial."""
+
+    path: Path
+    serial: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    name: str
+    kernel: Path
+    guest_disk: Path
+    workdir: Path
+    """Per-VM directory: console log, hypervisor log."""
+    vcpus: int = 1
+    memory_mib: int = 256
+    disks: tuple[Disk, ...] = field(default_factory=tuple)
+
+    @property
+    def console_log(self) -> Path:
+        return self.workdir / "console.log"
+
+
+class VM(Protocol):
+    pid: int
+    agent: socket.socket
+    """The host end of the agent's channel, connected before the guest boots."""
+
+    async def wait(self) -> int:
+        """Until the VM has exited; returns the hypervisor's exit status."""
+
+    async def kill(self) -> None:
+        """End the VM now (no guest cooperation); safe to call on an exited VM."""
+
+
+class Hypervisor(Protocol):
+    name: str
+
+    async def launch(self, spec: VMSpec) -> VM: ...
+
+    def describe(self) -> dict[str, str]:
+        """Version, accelerator and why, for ``hyper info``."""

@@ -1,0 +1,170 @@
+"""The QEMU driver: one ``qemu-system-x86_64 -M microvm`` process per pod.
+
+The agent channel and the QMP monitor are socketpairs made here and handed to QEMU
+as pre-opened descriptors (``-chardev socket,fd=N``): no socket paths to race on or
+leak, and both are connected before the guest runs its first instruction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+from qemu.qmp import QMPClient
+
+from hyperd import spawn
+from hyperd.errors import HypervisorMissing
+from hyperd.vm import VMSpec
+from hyperd.vm.accel import Accelerator, probe
+from hyperstart.protocol import PORT_NAME
+
+BINARY = "qemu-system-x86_64"
+GUEST_DISK_SERIAL = "hyper-guest"
+# PYTHONHASHSEED reaches the agent as environment: without it Python blocks at start-up
+# in getrandom() until the guest's CRNG is seeded, over a second under TCG.  The agent
+# then seeds the CRNG from the host (RNDADDENTROPY) for the containers.
+KERNEL_ARGS = (
+    "console=ttyS0 quiet pci=off reboot=t panic=-1 "
+    "root=/dev/vda rootfstype=erofs ro init=/init PYTHONHASHSEED=0"
+)
+QUIT_TIMEOUT = 2.0
+
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+
+class QemuVM:
+    def __init__(self, child: spawn.Child, agent: socket.socket, monitor: socket.socket, name: str) -> None:
+        self.child = child
+        self.pid = child.pid
+        self.agent = agent
+        self._monitor_sock = monitor
+        self.qmp = QMPClient(name)
+
+    async def connect_monitor(self) -> None:
+        await self.qmp.connect(self._monitor_sock)
+
+    async def wait(self) -> int:
+        status = await self.child.wait()
+        await self._close()
+        return status
+
+    async def kill(self) -> None:
+        """QMP ``quit``; SIGKILL if QEMU does not go within a moment."""
+        if self.child.returncode is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.qmp.execute("quit"), QUIT_TIMEOUT)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.child.wait()), QUIT_TIMEOUT)
+            except TimeoutError:
+                self.child.signal(signal.SIGKILL)
+        await self.wait()
+
+    async def status(self) -> str:
+        """The VM's run state as QEMU reports it (running, paused, ...)."""
+        reply = await self.qmp.execute("query-status")
+        return str(reply["status"]) if isinstance(reply, dict) else "unknown"
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.qmp.disconnect()
+        self.agent.close()
+        self._monitor_sock.close()
+
+
+class Qemu:
+    name = "qemu"
+
+    def __init__(self, binary: str, version: str, accel: Accelerator) -> None:
+        self.binary = binary
+        self.version = version
+        self.accel = accel
+
+    @classmethod
+    async def detect(cls, kernel: Path, guest_disk: Path, cache: Path, binary: str = BINARY) -> Qemu:
+        path = shutil.which(binary)
+        if path is None:
+            raise HypervisorMissing(f"{binary} not found: apt-get install qemu-system-x86")
+        for what, file, fix in (("guest kernel", kernel, "make kernel"), ("guest disk", guest_disk, "make guest")):
+            if not file.is_file():
+                raise HypervisorMissing(f"{what} {file} not found: run '{fix}' (or set HYPER_KERNEL/HYPER_GUEST)")
+        status, out = await spawn.run([path, "--version"])
+        if status != 0:
+            raise HypervisorMissing(f"{path} --version failed: {out.strip()}")
+        version = out.split("\n")[0].removeprefix("QEMU emulator version ").strip()
+        accel = await probe(path, version, kernel, guest_disk, cache)
+        return cls(path, version, accel)
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "Hypervisor": "qemu",
+            "HypervisorVersion": self.version,
+            "HypervisorBinary": self.binary,
+            "Accelerator": self.accel.name,
+            "AcceleratorReason": self.accel.reason,
+        }
+
+    def argv(self, spec: VMSpec, agent_fd: int, monitor_fd: int) -> list[str]:
+        kvm = self.accel.name == "kvm"
+        argv = [
+            self.binary, "-name", spec.name,
+            "-M", "microvm,x-option-roms=off,acpi=off",
+            "-accel", self.accel.name, "-cpu", "host" if kvm else "max",
+            "-m", str(spec.memory_mib), "-smp", str(spec.vcpus),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-kernel", str(spec.kernel), "-append", KERNEL_ARGS,
+            "-chardev", f"file,id=console,path={spec.console_log}", "-serial", "chardev:console",
+        ]
+        # The guest's own disk goes first so that it is /dev/vda, the root= above.
+        disks = [(spec.guest_disk, GUEST_DISK_SERIAL, True)]
+        disks += [(disk.path, disk.serial, disk.readonly) for disk in spec.disks]
+        for index, (path, serial, readonly) in enumerate(disks):
+            argv += [
+                "-drive", f"file={path},if=none,id=disk{index},format=raw,readonly={'on' if readonly else 'off'}",
+                "-device", f"virtio-blk-device,drive=disk{index},serial={serial}",
+            ]
+        argv += [
+            "-device", "virtio-serial-device,max_ports=2",
+            "-chardev", f"socket,id=agent,fd={agent_fd}",
+            "-device", f"virtserialport,chardev=agent,name={PORT_NAME}",
+            "-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng",
+            "-chardev", f"socket,id=monitor,fd={monitor_fd}", "-mon", "chardev=monitor,mode=control",
+        ]
+        return argv
+
+    async def launch(self, spec: VMSpec) -> QemuVM:
+        spec.workdir.mkdir(parents=True, exist_ok=True)
+        agent_host, agent_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        monitor_host, monitor_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            child = await spawn.spawn(
+                self.argv(spec, agent_vm.fileno(), monitor_vm.fileno()),
+                log=spec.workdir / "qemu.log",
+                pass_fds=(agent_vm.fileno(), monitor_vm.fileno()),
+            )
+        except BaseException:
+            for sock in (agent_host, monitor_host):
+                sock.close()
+            raise
+        finally:
+            agent_vm.close()
+            monitor_vm.close()
+        vm = QemuVM(child, agent_host, monitor_host, spec.name)
+        try:
+            await vm.connect_monitor()
+        except BaseException:
+            await vm.kill()
+            raise
+        return vm
+
+
+def qemu_log_tail(workdir: Path, lines: int = 5) -> list[str]:
+    try:
+        return (workdir / "qemu.log").read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
