@@ -19,7 +19,15 @@ from typing import Any
 
 from hyperd.errors import GuestError, StartFailed
 from hyperstart.protocol import (
-    INITIAL_WINDOW, VERSIONS, Decoder, Frame, Kind, ProtocolError, decode_message, encode_message, encode_window,
+    INITIAL_WINDOW,
+    VERSIONS,
+    Decoder,
+    Frame,
+    Kind,
+    ProtocolError,
+    decode_message,
+    encode_message,
+    encode_window,
 )
 
 MAX_TEXT = 4096

@@ -9,6 +9,7 @@ child does nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Sequence
@@ -32,10 +33,8 @@ class Child:
 
     def signal(self, sig: int) -> None:
         if self.process.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     async def terminate(self, timeout: float) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the exit status."""

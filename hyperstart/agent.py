@@ -9,6 +9,7 @@ Python's start-up under TCG is slow, so this imports as little as it can.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import fcntl
 import json
 import os
@@ -20,8 +21,19 @@ import time
 
 from hyperstart import container, syscalls
 from hyperstart.protocol import (
-    DATA_CHUNK, INITIAL_WINDOW, PORT_NAME, VERSIONS, Decoder, Frame, Kind, ProtocolError, decode_credit,
-    decode_message, encode, encode_message, exit_status,
+    DATA_CHUNK,
+    INITIAL_WINDOW,
+    PORT_NAME,
+    VERSIONS,
+    Decoder,
+    Frame,
+    Kind,
+    ProtocolError,
+    decode_credit,
+    decode_message,
+    encode,
+    encode_message,
+    exit_status,
 )
 
 TYPE_CHECKING = False
@@ -317,10 +329,8 @@ class Agent:
 
     def shutdown(self, _args: dict[str, Any], reply: Reply) -> None:
         for box in self.containers.values():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(box.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         os.sync()
         self.running = False
         reply.ok({})

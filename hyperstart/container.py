@@ -10,6 +10,7 @@ never pile up, whatever the image's entrypoint does.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -39,7 +40,7 @@ class StartError(Exception):
 class ProcessSpec:
     """What to run: argv, environment, working directory and ``user[:group]``."""
 
-    __slots__ = ("args", "env", "cwd", "user")
+    __slots__ = ("args", "cwd", "env", "user")
 
     def __init__(self, args: list[str], env: list[str], cwd: str = "/", user: str = "") -> None:
         self.args = args
@@ -99,10 +100,8 @@ def assemble(container_id: str, lower: str) -> Container:
 
 def release(container: Container) -> None:
     for target in reversed(container.mounts):
-        try:
+        with contextlib.suppress(OSError):
             syscalls.umount(target, syscalls.MNT_DETACH)
-        except OSError:
-            pass
 
 
 def _populate_dev(root: str) -> None:
@@ -212,7 +211,7 @@ def _exec(spec: ProcessSpec) -> None:
         os.execve(path, spec.args, env)
     except OSError as err:
         code = 127 if err.errno == errno.ENOENT else 126
-        raise StartError(code, f'exec: "{spec.args[0]}": {err.strerror.lower()}') from err
+        raise StartError(code, f'exec: "{spec.args[0]}": {(err.strerror or str(err)).lower()}') from err
 
 
 def _reap(main: int) -> None:
@@ -262,7 +261,7 @@ def spawn(container: Container, spec: ProcessSpec, stdio: tuple[int, int, int], 
         _reap(main)
     except StartError as err:
         _report(errors, err.code, str(err))
-    except BaseException as err:  # noqa: BLE001 - a forked child must never unwind into the agent
+    except BaseException as err:
         _report(errors, 125, f"container setup failed: {err}")
     os._exit(255)
 

@@ -70,7 +70,7 @@ class ProtocolError(Exception):
 
 
 class Frame:
-    __slots__ = ("kind", "stream", "payload")
+    __slots__ = ("kind", "payload", "stream")
 
     def __init__(self, kind: Kind, stream: int, payload: bytes) -> None:
         self.kind = kind

@@ -1,0 +1,299 @@
+"""A small synchronous client for hyperd's REST API over its unix socket.
+
+The standard library's ``http.client`` is enough for a handful of requests per command and
+costs a fraction of an HTTP library's import time, which ``hyper run`` pays on every call.
+Every request gets its own connection: connecting to a unix socket is cheap, and it lets
+``hyper run`` hold the attach stream open while it starts and stops the container.
+
+HTTP status codes become exceptions here and nowhere else (see ``cli.errors``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import IO, Any
+from urllib.parse import quote, urlencode
+
+from cli.errors import APIError, DaemonUnreachable, HyperError
+
+BLOCK = 64 << 10
+"""Read and upload block size; http.client's 8 KiB default makes image imports chatty."""
+
+MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
+"""Content type of an attach or logs stream in stdcopy framing (no TTY)."""
+
+
+def socket_path(host: str) -> str:
+    """The socket path of a ``unix:///path`` host, or ValueError for anything else."""
+    scheme, sep, path = host.partition("://")
+    if not sep or scheme != "unix":
+        raise ValueError(f"only unix:// hosts are supported, not {host!r}")
+    if not path:
+        raise ValueError(f"no socket path in {host!r}")
+    return path
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP/1.1 connection to a unix socket; blocking, no timeout (waits and streams may be long)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=None, blocksize=BLOCK)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Stream:
+    """A streamed response body (attach, logs); closes its connection when done."""
+
+    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+        self._conn = conn
+        self._response = response
+
+    @property
+    def multiplexed(self) -> bool:
+        """Whether the body is in stdcopy framing rather than a raw TTY stream."""
+        return (self._response.getheader("Content-Type") or "").startswith(MULTIPLEXED)
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes, fewer only at the end of the body."""
+        try:
+            return self._response.read(size)
+        except (http.client.HTTPException, OSError) as err:
+            raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
+
+    def read1(self, size: int) -> bytes:
+        """Whatever is available, up to ``size`` bytes, blocking only when nothing is."""
+        try:
+            return self._response.read1(size)
+        except (http.client.HTTPException, OSError) as err:
+            raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror.lower()
+    return str(err) or type(err).__name__
+
+
+def _api_error(status: int, reason: str, body: bytes) -> APIError:
+    message = ""
+    exit_code = None
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        message = body.decode(errors="replace").strip()
+    else:
+        if isinstance(payload, dict):
+            message = str(payload.get("message") or "")
+            code = payload.get("ExitCode")
+            if isinstance(code, int) and not isinstance(code, bool):
+                exit_code = code
+    return APIError(status, message or f"hyperd answered {status} {reason}", exit_code)
+
+
+def _answer(conn: http.client.HTTPConnection, ok: tuple[int, ...] = ()) -> http.client.HTTPResponse:
+    """The response to the request sent on ``conn`` if it is a success (or in ``ok``), else its APIError."""
+    try:
+        response = conn.getresponse()
+        if 200 <= response.status < 300 or response.status in ok:
+            return response
+        error = _api_error(response.status, response.reason, response.read())
+    except (http.client.HTTPException, OSError) as err:
+        conn.close()
+        raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
+    conn.close()
+    raise error
+
+
+def _json_answer(conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> Any:
+    """The decoded JSON body of a successful response (None if empty); closes the connection."""
+    try:
+        raw = response.read()
+    except (http.client.HTTPException, OSError) as err:
+        raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
+    finally:
+        conn.close()
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as err:
+        raise HyperError(f"hyperd sent malformed JSON: {err}") from err
+
+
+def _ident(name: str) -> str:
+    return quote(name, safe="")
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+class Pending:
+    """A JSON request already sent whose answer is read on demand."""
+
+    def __init__(self, conn: http.client.HTTPConnection) -> None:
+        self._conn = conn
+
+    def result(self) -> Any:
+        """The decoded answer, blocking until it comes."""
+        return _json_answer(self._conn, _answer(self._conn))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Pending:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client:
+    """hyperd's API, one method per endpoint; ``host`` is a ``unix:///path`` URL."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.path = socket_path(host)
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None = None,
+        body: bytes | IO[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> http.client.HTTPConnection:
+        """Connect and send one request, leaving its answer to :func:`_answer`."""
+        url = f"{path}?{urlencode(query)}" if query else path
+        conn = UnixHTTPConnection(self.path)
+        try:
+            conn.connect()
+        except OSError as err:
+            raise DaemonUnreachable(self.host, _reason(err)) from err
+        try:
+            conn.request(method, url, body=body, headers=headers or {})
+        except (BrokenPipeError, ConnectionResetError):
+            # hyperd may refuse an upload before reading all of it; its answer says why.
+            pass
+        except (http.client.HTTPException, OSError) as err:
+            conn.close()
+            raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
+        return conn
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None = None,
+        body: bytes | IO[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (),
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        conn = self._open(method, path, query, body, headers)
+        return conn, _answer(conn, ok)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+        ok: tuple[int, ...] = (),
+    ) -> Any:
+        """One JSON request and its decoded JSON answer (None for an empty body)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {} if data is None else {"Content-Type": "application/json"}
+        return _json_answer(*self._send(method, path, query, data, headers, ok))
+
+    def stream(self, method: str, path: str, query: dict[str, str] | None = None) -> Stream:
+        """A request whose answer is read as it arrives; the caller closes it."""
+        return Stream(*self._send(method, path, query))
+
+    # Containers
+
+    def create_container(self, config: dict[str, Any], name: str | None = None) -> Any:
+        query = {"name": name} if name else None
+        return self.call("POST", "/containers/create", query, body=config)
+
+    def start(self, container: str) -> None:
+        self.call("POST", f"/containers/{_ident(container)}/start")
+
+    def attach(self, container: str) -> Stream:
+        query = {"stream": "1", "stdout": "1", "stderr": "1"}
+        return self.stream("POST", f"/containers/{_ident(container)}/attach", query)
+
+    def wait(self, container: str) -> Any:
+        return self.call("POST", f"/containers/{_ident(container)}/wait")
+
+    def wait_later(self, container: str) -> Pending:
+        """Send a wait now, to read its answer later: sent before the start, it cannot miss
+        the exit of a container that is removed as soon as it exits (``AutoRemove``)."""
+        return Pending(self._open("POST", f"/containers/{_ident(container)}/wait"))
+
+    def stop(self, container: str, timeout: int | None = None) -> None:
+        query = None if timeout is None else {"t": str(timeout)}
+        # 304: already stopped, which is what the caller wants.
+        self.call("POST", f"/containers/{_ident(container)}/stop", query, ok=(304,))
+
+    def kill(self, container: str, signal: str) -> None:
+        self.call("POST", f"/containers/{_ident(container)}/kill", {"signal": signal})
+
+    def remove(self, container: str, force: bool = False) -> None:
+        self.call("DELETE", f"/containers/{_ident(container)}", {"force": _flag(force)})
+
+    def containers(self, all: bool = False) -> Any:
+        return self.call("GET", "/containers/json", {"all": _flag(all)})
+
+    def inspect(self, container: str) -> Any:
+        return self.call("GET", f"/containers/{_ident(container)}/json")
+
+    def logs(self, container: str, follow: bool = False, timestamps: bool = False, tail: str = "all") -> Stream:
+        query = {
+            "stdout": "1",
+            "stderr": "1",
+            "follow": _flag(follow),
+            "timestamps": _flag(timestamps),
+            "tail": tail,
+        }
+        return self.stream("GET", f"/containers/{_ident(container)}/logs", query)
+
+    # Images
+
+    def images(self) -> Any:
+        return self.call("GET", "/images/json")
+
+    def import_image(self, tar: IO[bytes], length: int | None, repo: str = "", tag: str = "") -> Any:
+        """Upload a tar; with no ``length`` it goes chunked (a pipe on stdin)."""
+        query = {key: value for key, value in (("repo", repo), ("tag", tag)) if value}
+        headers = {"Content-Type": "application/x-tar"}
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        return _json_answer(*self._send("POST", "/images/import", query, tar, headers))
+
+    # System
+
+    def info(self) -> Any:
+        return self.call("GET", "/info")
+
+    def version(self) -> Any:
+        return self.call("GET", "/version")

@@ -1,0 +1,329 @@
+"""The REST API on hyperd's unix socket, described in ``hyperd/openapi.yaml``.
+
+Handlers only translate: query and body in, a call on ``Daemon``, JSON or a stream
+out.  ``STATUS`` is the one place where exceptions become HTTP statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import signal
+import struct
+import tempfile
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from hyperd import __version__, errors, logs
+from hyperd.daemon import Daemon
+from hyperd.image import ImageError, ImageNotFound, InvalidLayer, InvalidReference
+from hyperd.state import Container, ContainerState
+from hyperstart.protocol import VERSIONS
+
+API_VERSION = "1.0"
+STREAM_TYPE = "application/vnd.docker.multiplexed-stream"
+DAEMON = web.AppKey("daemon", Daemon)
+
+STATUS: list[tuple[type[Exception], int]] = [
+    (errors.NotFound, 404),
+    (ImageNotFound, 404),
+    (errors.InvalidArgument, 400),
+    (InvalidReference, 400),
+    (InvalidLayer, 400),
+    (errors.StartFailed, 400),
+    (errors.Conflict, 409),
+    (ImageError, 500),
+    (errors.HyperError, 500),
+]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as err:
+        for kind, status in STATUS:
+            if isinstance(err, kind):
+                body: dict[str, Any] = {"message": str(err)}
+                if isinstance(err, errors.StartFailed):
+                    body["ExitCode"] = err.exit_code
+                return web.json_response(body, status=status)
+        raise
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "0").lower() in ("1", "true", "yes")
+
+
+def _daemon(request: web.Request) -> Daemon:
+    return request.app[DAEMON]
+
+
+def _frame(stream: int, data: bytes) -> bytes:
+    return struct.pack(">BxxxL", stream, len(data)) + data
+
+
+def _iso(timestamp: float) -> str:
+    if not timestamp:
+        return "0001-01-01T00:00:00Z"
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _ago(timestamp: float) -> str:
+    seconds = max(0, int(datetime.now(UTC).timestamp() - timestamp))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count > 1 else ''}"
+    return "Less than a second" if seconds < 1 else f"{seconds} second{'s' if seconds > 1 else ''}"
+
+
+def _status(container: Container) -> str:
+    if container.state == ContainerState.RUNNING:
+        return f"Up {_ago(container.started)}"
+    if container.state == ContainerState.EXITED:
+        return f"Exited ({container.exit_code}) {_ago(container.finished)} ago"
+    return str(container.state).capitalize()
+
+
+def _summary(container: Container) -> dict[str, Any]:
+    return {
+        "Id": container.id,
+        "Names": [f"/{container.name}"],
+        "Image": container.spec.image,
+        "ImageID": container.spec.image_id,
+        "Command": " ".join(container.spec.args),
+        "Created": int(container.created),
+        "State": str(container.state),
+        "Status": _status(container),
+    }
+
+
+def _inspect(container: Container) -> dict[str, Any]:
+    spec = container.spec
+    return {
+        "Id": container.id,
+        "Name": f"/{container.name}",
+        "Created": _iso(container.created),
+        "Path": spec.args[0] if spec.args else "",
+        "Args": list(spec.args[1:]),
+        "Image": spec.image_id,
+        "State": {
+            "Status": str(container.state),
+            "Running": container.state == ContainerState.RUNNING,
+            "ExitCode": container.exit_code,
+            "Error": container.error,
+            "StartedAt": _iso(container.started),
+            "FinishedAt": _iso(container.finished),
+            "Pid": container.vm_pid if container.state == ContainerState.RUNNING else 0,
+            "Timings": container.timings,
+        },
+        "Config": {
+            "Image": spec.image,
+            "Cmd": list(spec.cmd),
+            "Entrypoint": list(spec.entrypoint),
+            "Env": list(spec.env),
+            "WorkingDir": spec.workdir,
+            "User": spec.user,
+        },
+        "HostConfig": {"AutoRemove": spec.autoremove},
+    }
+
+
+async def ping(_request: web.Request) -> web.Response:
+    return web.Response(text="OK")
+
+
+async def version(request: web.Request) -> web.Response:
+    hypervisor = _daemon(request).hypervisor.describe()
+    return web.json_response({
+        "Version": __version__,
+        "ApiVersion": API_VERSION,
+        "ProtocolVersions": list(VERSIONS),
+        "Python": platform.python_version(),
+        "Os": "linux",
+        "Arch": platform.machine(),
+        "KernelVersion": platform.release(),
+        "Hypervisor": f"qemu {hypervisor['HypervisorVersion']}",
+        "Accelerator": hypervisor["Accelerator"],
+    })
+
+
+async def info(request: web.Request) -> web.Response:
+    return web.json_response(_daemon(request).info())
+
+
+async def create_container(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError as err:
+        raise errors.InvalidArgument(f"request body is not JSON: {err}") from err
+    if not isinstance(body, dict) or not isinstance(body.get("Image"), str) or not body["Image"]:
+        raise errors.InvalidArgument("a container needs an Image")
+
+    def strings(key: str) -> list[str] | None:
+        value = body.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise errors.InvalidArgument(f"{key} must be a list of strings")
+        return list(value)
+
+    container = _daemon(request).create(
+        image_ref=body["Image"], name=request.query.get("name"), cmd=strings("Cmd"),
+        entrypoint=strings("Entrypoint"), env=strings("Env") or [], workdir=str(body.get("WorkingDir") or ""),
+        user=str(body.get("User") or ""), autoremove=bool(body.get("AutoRemove")),
+    )
+    return web.json_response({"Id": container.id, "Warnings": []}, status=201)
+
+
+async def start_container(request: web.Request) -> web.Response:
+    await _daemon(request).start(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def attach_container(request: web.Request) -> web.StreamResponse:
+    daemon = _daemon(request)
+    container = daemon.get(request.match_info["id"])
+    wanted = {1} if _flag(request, "stdout") else set()
+    if _flag(request, "stderr"):
+        wanted.add(2)
+    queue = daemon.subscribe(container)
+    response = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
+    try:
+        await response.prepare(request)
+        while (item := await queue.get()) is not None:
+            if item[0] in wanted:
+                await response.write(_frame(*item))
+    finally:
+        daemon.unsubscribe(container, queue)
+    await response.write_eof()
+    return response
+
+
+async def wait_container(request: web.Request) -> web.Response:
+    container = await _daemon(request).wait(request.match_info["id"])
+    error = {"Message": container.error} if container.error else None
+    return web.json_response({"StatusCode": container.exit_code, "Error": error})
+
+
+async def stop_container(request: web.Request) -> web.Response:
+    timeout = request.query.get("t")
+    try:
+        seconds = float(timeout) if timeout is not None else None
+    except ValueError as err:
+        raise errors.InvalidArgument(f"invalid stop timeout {timeout!r}") from err
+    stopped = await _daemon(request).stop(request.match_info["id"], seconds)
+    return web.Response(status=204 if stopped else 304)
+
+
+async def kill_container(request: web.Request) -> web.Response:
+    name = request.query.get("signal", "SIGKILL").upper()
+    try:
+        number = int(name) if name.isdigit() else signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+    except (KeyError, ValueError) as err:
+        raise errors.InvalidArgument(f"invalid signal: {name}") from err
+    await _daemon(request).kill(request.match_info["id"], int(number))
+    return web.Response(status=204)
+
+
+async def remove_container(request: web.Request) -> web.Response:
+    await _daemon(request).remove(request.match_info["id"], force=_flag(request, "force"))
+    return web.Response(status=204)
+
+
+async def list_containers(request: web.Request) -> web.Response:
+    found = _daemon(request).select(include_stopped=_flag(request, "all"))
+    return web.json_response([_summary(c) for c in found])
+
+
+async def inspect_container(request: web.Request) -> web.Response:
+    return web.json_response(_inspect(_daemon(request).get(request.match_info["id"])))
+
+
+async def container_logs(request: web.Request) -> web.StreamResponse:
+    daemon = _daemon(request)
+    container = daemon.get(request.match_info["id"])
+    wanted = {n for n, key in ((1, "stdout"), (2, "stderr")) if _flag(request, key)} or {1, 2}
+    stamps = _flag(request, "timestamps")
+    tail = request.query.get("tail", "all")
+    follow = _flag(request, "follow") and container.state == ContainerState.RUNNING
+    queue = daemon.subscribe(container) if follow else None
+    response = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
+    try:
+        await response.prepare(request)
+        entries = [e for e in logs.read(daemon.log_path(container)) if e.stream in wanted]
+        if tail != "all":
+            try:
+                entries = entries[-int(tail):] if int(tail) > 0 else []
+            except ValueError as err:
+                raise errors.InvalidArgument(f"invalid tail {tail!r}") from err
+        for entry in entries:
+            prefix = f"{entry.time} ".encode() if stamps else b""
+            await response.write(_frame(entry.stream, prefix + entry.data))
+        while queue is not None and (item := await queue.get()) is not None:
+            if item[0] in wanted:
+                prefix = f"{logs.timestamp()} ".encode() if stamps else b""
+                await response.write(_frame(item[0], prefix + item[1]))
+    finally:
+        if queue is not None:
+            daemon.unsubscribe(container, queue)
+    await response.write_eof()
+    return response
+
+
+async def list_images(request: web.Request) -> web.Response:
+    images = await asyncio.to_thread(_daemon(request).images.list)
+    return web.json_response([
+        {"Id": image.id, "RepoTags": list(image.references), "Created": int(image.created), "Size": image.size}
+        for image in images
+    ])
+
+
+async def import_image(request: web.Request) -> web.Response:
+    repo = request.query.get("repo") or None
+    tag = request.query.get("tag") or None
+    reference = f"{repo}:{tag}" if repo and tag else repo
+    daemon = _daemon(request)
+    # Spool to disk first: the store reads the tarball twice (validate, then store).
+    with tempfile.TemporaryFile(dir=daemon.config.root) as spool:
+        async for chunk in request.content.iter_chunked(1 << 20):
+            spool.write(chunk)
+        spool.seek(0)
+        image = await asyncio.to_thread(daemon.images.import_rootfs, spool, reference)
+    return web.json_response({"Id": image.id})
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/_ping", ping),
+        web.get("/version", version),
+        web.get("/info", info),
+        web.post("/containers/create", create_container),
+        web.get("/containers/json", list_containers),
+        web.get("/containers/{id}/json", inspect_container),
+        web.post("/containers/{id}/start", start_container),
+        web.post("/containers/{id}/attach", attach_container),
+        web.post("/containers/{id}/wait", wait_container),
+        web.post("/containers/{id}/stop", stop_container),
+        web.post("/containers/{id}/kill", kill_container),
+        web.get("/containers/{id}/logs", container_logs),
+        web.delete("/containers/{id}", remove_container),
+        web.get("/images/json", list_images),
+        web.post("/images/import", import_image),
+    ]
+
+
+def application(daemon: Daemon) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=0)
+    app[DAEMON] = daemon
+    app.add_routes(routes())
+    return app
+

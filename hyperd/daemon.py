@@ -1,0 +1,452 @@
+"""The daemon's operations: containers from create to removal, each in a pod VM.
+
+A ``hyper run`` is a pod of one: starting a container boots its VM, the container's
+exit shuts it down.  Background work (output pumps, the per-pod supervisor) never
+raises into API callers; what goes wrong is recorded on the container and reported by
+``wait``/``inspect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hyperd import errors, logs
+from hyperd.config import Config
+from hyperd.guest import AgentClient, ExitEvent, Stream
+from hyperd.image.store import Image, ImageStore
+from hyperd.state import Container, ContainerSpec, ContainerState, Database
+from hyperd.vm import Disk, VMSpec
+from hyperd.vm.qemu import Qemu, QemuVM
+
+CONSOLE_TAIL = 20
+SHUTDOWN_TIMEOUT = 5.0
+ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nimble",
+              "proud", "quiet", "swift", "tender", "vivid", "witty", "zealous")
+NOUNS = ("babbage", "curie", "darwin", "euler", "fermat", "gauss", "hopper", "kepler", "lovelace", "noether",
+         "pascal", "ritchie", "shannon", "turing", "wozniak")
+
+Subscriber = asyncio.Queue[tuple[int, bytes] | None]
+
+
+@dataclass
+class Pod:
+    """A running VM and the live state of the container in it."""
+
+    vm: QemuVM
+    client: AgentClient
+    exited: asyncio.Future[ExitEvent]
+    stopping: bool = False
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+class Daemon:
+    def __init__(self, config: Config, hypervisor: Qemu, images: ImageStore) -> None:
+        self.config = config
+        self.hypervisor = hypervisor
+        self.images = images
+        self.db = Database(config.root / "hyper.db")
+        self.containers: dict[str, Container] = {}
+        self.pods: dict[str, Pod] = {}
+        self.subscribers: dict[str, list[Subscriber]] = {}
+        self.finished: dict[str, asyncio.Event] = {}
+        self.removed: dict[str, asyncio.Event] = {}
+        self.supervisors: set[asyncio.Task[None]] = set()
+
+    # -- start-up and shutdown ----------------------------------------------------------
+
+    def recover(self) -> None:
+        """Load containers from disk; a container left running by a crashed daemon has exited."""
+        for container in self.db.load():
+            if container.state in (ContainerState.RUNNING, ContainerState.REMOVING):
+                _reclaim_vm(container)
+                container.state = ContainerState.EXITED
+                container.exit_code = 255
+                container.error = "hyperd stopped while the container was running"
+                container.finished = container.finished or time.time()
+                self.db.save(container)
+            self._track(container)
+            if container.state != ContainerState.RUNNING:
+                self.finished[container.id].set()
+
+    async def shutdown(self) -> None:
+        """Stop every pod (their containers exit as killed) and wait for the supervisors."""
+        await asyncio.gather(*(self._stop_pod(cid, 0) for cid in list(self.pods)), return_exceptions=True)
+        if self.supervisors:
+            await asyncio.wait(self.supervisors, timeout=SHUTDOWN_TIMEOUT * 2)
+        self.db.close()
+
+    def _track(self, container: Container) -> None:
+        self.containers[container.id] = container
+        self.finished[container.id] = asyncio.Event()
+        self.removed[container.id] = asyncio.Event()
+        self.subscribers[container.id] = []
+
+    def container_dir(self, container: Container) -> Path:
+        return self.config.root / "containers" / container.id
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def get(self, ref: str) -> Container:
+        """By full id, name, or unique id prefix, as docker resolves them."""
+        if ref in self.containers:
+            return self.containers[ref]
+        name = ref.removeprefix("/")
+        for container in self.containers.values():
+            if container.name == name:
+                return container
+        matches = [c for c in self.containers.values() if c.id.startswith(ref)] if ref else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise errors.InvalidArgument(f"multiple containers match the prefix {ref}")
+        raise errors.NotFound(f"No such container: {ref}")
+
+    def select(self, include_stopped: bool) -> list[Container]:
+        found = [c for c in self.containers.values() if include_stopped or c.state == ContainerState.RUNNING]
+        return sorted(found, key=lambda c: c.created, reverse=True)
+
+    # -- create -------------------------------------------------------------------------
+
+    def create(self, image_ref: str, name: str | None, cmd: list[str] | None, entrypoint: list[str] | None,
+               env: list[str], workdir: str, user: str, autoremove: bool) -> Container:
+        image = self.images.resolve(image_ref)
+        if name is not None:
+            _validate_name(name)
+            if any(c.name == name for c in self.containers.values()):
+                raise errors.Conflict(f'the container name "/{name}" is already in use')
+        for item in env:
+            if not item.partition("=")[0]:
+                raise errors.InvalidArgument(f"invalid environment variable {item!r}")
+        spec = _resolve_spec(image_ref, image, cmd, entrypoint, env, workdir, user, autoremove)
+        if not spec.args:
+            raise errors.InvalidArgument("no command specified")
+        container = Container(id=secrets.token_hex(32), name=name or self._generate_name(), spec=spec)
+        self.db.save(container)
+        self._track(container)
+        return container
+
+    def _generate_name(self) -> str:
+        taken = {c.name for c in self.containers.values()}
+        while True:
+            name = f"{secrets.choice(ADJECTIVES)}_{secrets.choice(NOUNS)}"
+            if name not in taken:
+                return name
+
+    # -- start --------------------------------------------------------------------------
+
+    async def start(self, ref: str) -> Container:
+        container = self.get(ref)
+        if container.state == ContainerState.RUNNING:
+            return container
+        container.transition(ContainerState.RUNNING, "start")
+        container.error = ""
+        container.timings = {}
+        self.finished[container.id].clear()
+        begun = time.monotonic()
+
+        def mark(phase: str) -> None:
+            container.timings[phase] = round(time.monotonic() - begun, 4)
+
+        try:
+            pod = await self._boot(container, mark)
+        except BaseException as err:
+            container.state = ContainerState.CREATED
+            container.error = str(err).split("\n")[0]
+            if isinstance(err, errors.StartFailed):
+                container.exit_code = err.exit_code
+            self.db.save(container)
+            self.finished[container.id].set()
+            if container.spec.autoremove:
+                await self._remove(container)
+            raise
+        container.started = time.time()
+        container.vm_pid = pod.vm.pid
+        self.db.save(container)
+        task = asyncio.create_task(self._supervise(container, pod, mark))
+        self.supervisors.add(task)
+        task.add_done_callback(self.supervisors.discard)
+        return container
+
+    async def _boot(self, container: Container, mark: Any) -> Pod:
+        """Boot the pod VM and start the container in it; on any failure nothing is left running."""
+        image = self.images.resolve(container.spec.image_id)
+        disk = await asyncio.to_thread(self.images.disk, image)
+        workdir = self.container_dir(container) / "vm"
+        shutil.rmtree(workdir, ignore_errors=True)
+        serial = f"img{image.id.removeprefix('sha256:')[:16]}"
+        spec = VMSpec(
+            name=f"hyper-{container.id[:12]}", kernel=self.config.kernel, guest_disk=self.config.guest_disk,
+            workdir=workdir, memory_mib=self.config.memory_mib, disks=(Disk(disk, serial),),
+        )
+        vm = await self.hypervisor.launch(spec)
+        mark("vm_spawned")
+        exited: asyncio.Future[ExitEvent] = asyncio.get_running_loop().create_future()
+
+        def on_exit(event: ExitEvent) -> None:
+            if event.container == container.id and not exited.done():
+                exited.set_result(event)
+
+        client = AgentClient(vm.agent, on_exit)
+        pod = Pod(vm, client, exited)
+        try:
+            await client.start()
+            await self._await_ready(pod, spec)
+            mark("agent_ready")
+            info = client.info
+            assert info is not None
+            container.timings["kernel_init"] = round(container.timings["agent_ready"] - info.agent_startup, 4)
+            await client.request("init", {"time": time.time(), "entropy": base64.b64encode(os.urandom(64)).decode()})
+            stdout, stderr = client.open_stream(), client.open_stream()
+            pod.tasks = [asyncio.create_task(self._pump(container, 1, stdout)),
+                         asyncio.create_task(self._pump(container, 2, stderr))]
+            await client.request("container.start", {
+                "id": container.id,
+                "rootfs": {"disk": serial, "fstype": "erofs"},
+                "hostname": container.id[:12],
+                "process": {"args": list(container.spec.args), "env": list(container.spec.env),
+                            "cwd": container.spec.workdir or "/", "user": container.spec.user},
+                "stdout": stdout.id, "stderr": stderr.id,
+            })
+            mark("container_started")
+        except BaseException:
+            await self._teardown(pod)
+            for task in pod.tasks:
+                task.cancel()
+            raise
+        self.pods[container.id] = pod
+        return pod
+
+    async def _await_ready(self, pod: Pod, spec: VMSpec) -> None:
+        ready = asyncio.ensure_future(pod.client.ready())
+        died = asyncio.ensure_future(pod.vm.child.wait())
+        try:
+            done, _ = await asyncio.wait({ready, died}, timeout=self.config.boot_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            died.cancel()
+        if ready in done and ready.exception() is None:
+            return
+        ready.cancel()
+        if died in done or pod.vm.child.returncode is not None:
+            reason = f"the VM exited with status {pod.vm.child.returncode} before its agent was ready"
+        elif ready in done:
+            reason = f"the guest agent failed: {ready.exception()}"
+        else:
+            reason = f"the guest agent did not answer within {self.config.boot_timeout:.0f}s"
+        console = _tail(spec.console_log, CONSOLE_TAIL) or _tail(spec.workdir / "qemu.log", CONSOLE_TAIL)
+        raise errors.BootFailed(f"guest boot failed: {reason}", console, pod.vm.child.argv)
+
+    async def _pump(self, container: Container, stream_no: int, stream: Stream) -> None:
+        log = logs.JsonFileLog(self.container_dir(container) / f"{container.id}-json.log")
+        try:
+            while data := await stream.read():
+                log.write(stream_no, data)
+                for queue in self.subscribers[container.id]:
+                    queue.put_nowait((stream_no, data))
+        finally:
+            log.close()
+
+    async def _supervise(self, container: Container, pod: Pod, mark: Any) -> None:
+        died = asyncio.ensure_future(pod.vm.child.wait())
+        try:
+            waiters: set[asyncio.Future[Any]] = {pod.exited, died, pod.client.closed}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if pod.exited.done():
+                container.exit_code = pod.exited.result().status
+                # The agent reports an exit only after all output went out: drain it all.
+                await asyncio.wait(pod.tasks, timeout=SHUTDOWN_TIMEOUT)
+            elif pod.stopping:
+                container.exit_code = 137
+            else:
+                container.exit_code = 137 if pod.vm.child.returncode in (-9, -15) else 255
+                container.error = (pod.client.error and str(pod.client.error)) or "the pod's VM exited unexpectedly"
+            mark("exited")
+            await self._teardown(pod)
+            mark("vm_gone")
+        finally:
+            died.cancel()
+            for task in pod.tasks:
+                task.cancel()
+            self.pods.pop(container.id, None)
+            container.state = ContainerState.EXITED
+            container.finished = time.time()
+            self.db.save(container)
+            for queue in self.subscribers[container.id]:
+                queue.put_nowait(None)
+            self.finished[container.id].set()
+            if container.spec.autoremove:
+                await self._remove(container)
+
+    async def _teardown(self, pod: Pod) -> None:
+        """Ask the agent to power off; QMP quit or SIGKILL when it does not."""
+        if pod.vm.child.returncode is None and pod.client.error is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pod.client.request("shutdown"), SHUTDOWN_TIMEOUT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pod.vm.child.wait()), SHUTDOWN_TIMEOUT)
+        await pod.vm.kill()
+        await pod.client.close()
+
+    # -- signals, stop, wait, remove ----------------------------------------------------
+
+    async def kill(self, ref: str, sig: int = signal.SIGKILL) -> None:
+        container = self.get(ref)
+        pod = self.pods.get(container.id)
+        if pod is None:
+            raise errors.StateError(f"container {container.name} is not running")
+        if sig == signal.SIGKILL:
+            pod.stopping = True
+        try:
+            await pod.client.request("signal", {"id": container.id, "signal": sig})
+        except errors.HyperError:
+            if sig == signal.SIGKILL:
+                await pod.vm.kill()
+
+    async def stop(self, ref: str, timeout: float | None) -> bool:
+        """False when the container was not running (docker's 304)."""
+        container = self.get(ref)
+        if container.id not in self.pods:
+            return False
+        await self._stop_pod(container.id, self.config.stop_timeout if timeout is None else timeout)
+        return True
+
+    async def _stop_pod(self, container_id: str, timeout: float) -> None:
+        pod = self.pods.get(container_id)
+        if pod is None:
+            return
+        pod.stopping = True
+        finished = self.finished[container_id]
+        if timeout > 0:
+            with contextlib.suppress(errors.HyperError):
+                await pod.client.request("signal", {"id": container_id, "signal": signal.SIGTERM})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout)
+        if not finished.is_set():
+            with contextlib.suppress(errors.HyperError):
+                await pod.client.request("signal", {"id": container_id, "signal": signal.SIGKILL})
+            try:
+                await asyncio.wait_for(finished.wait(), SHUTDOWN_TIMEOUT)
+            except TimeoutError:
+                await pod.vm.kill()
+                await finished.wait()
+
+    async def wait(self, ref: str) -> Container:
+        container = self.get(ref)
+        await self.finished[container.id].wait()
+        if container.spec.autoremove:
+            await self.removed[container.id].wait()
+        return container
+
+    async def remove(self, ref: str, force: bool) -> None:
+        container = self.get(ref)
+        if container.state == ContainerState.RUNNING:
+            if not force:
+                raise errors.Conflict(
+                    f"cannot remove running container {container.name}: stop it first or use rm -f"
+                )
+            await self._stop_pod(container.id, 0)
+            await self.finished[container.id].wait()
+            if container.spec.autoremove:
+                await self.removed[container.id].wait()
+                return
+        await self._remove(container)
+
+    async def _remove(self, container: Container) -> None:
+        if container.id not in self.containers:
+            return
+        container.transition(ContainerState.REMOVING, "remove")
+        self.db.save(container)
+        await asyncio.to_thread(shutil.rmtree, self.container_dir(container), True)
+        self.db.delete(container.id)
+        del self.containers[container.id]
+        self.removed[container.id].set()
+
+    # -- output -------------------------------------------------------------------------
+
+    def subscribe(self, container: Container) -> Subscriber:
+        queue: Subscriber = asyncio.Queue()
+        self.subscribers[container.id].append(queue)
+        if self.finished[container.id].is_set() and container.state != ContainerState.RUNNING \
+                and container.started:
+            queue.put_nowait(None)
+        return queue
+
+    def unsubscribe(self, container: Container, queue: Subscriber) -> None:
+        with contextlib.suppress(ValueError, KeyError):
+            self.subscribers[container.id].remove(queue)
+
+    def log_path(self, container: Container) -> Path:
+        return self.container_dir(container) / f"{container.id}-json.log"
+
+    def info(self) -> dict[str, Any]:
+        running = sum(c.state == ContainerState.RUNNING for c in self.containers.values())
+        return {
+            "Containers": len(self.containers),
+            "ContainersRunning": running,
+            "ContainersStopped": len(self.containers) - running,
+            "Images": len(self.images.list()),
+            **self.hypervisor.describe(),
+            "Kernel": str(self.config.kernel),
+            "GuestDisk": str(self.config.guest_disk),
+            "Root": str(self.config.root),
+            "Socket": str(self.config.socket),
+        }
+
+
+def _resolve_spec(image_ref: str, image: Image, cmd: list[str] | None, entrypoint: list[str] | None,
+                  env: list[str], workdir: str, user: str, autoremove: bool) -> ContainerSpec:
+    """Docker's rules: --entrypoint replaces the image's and drops its Cmd; -e adds to and overrides Env."""
+    config = image.config
+    final_entrypoint = list(config.entrypoint or []) if entrypoint is None else entrypoint
+    if cmd:
+        final_cmd = cmd
+    elif entrypoint is not None:
+        final_cmd = []
+    else:
+        final_cmd = list(config.cmd or [])
+    merged: dict[str, str] = {}
+    for item in [*(config.env or []), *env]:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    return ContainerSpec(
+        image=image_ref, image_id=image.id, args=tuple(final_entrypoint + final_cmd),
+        env=tuple(f"{k}={v}" for k, v in merged.items()), workdir=workdir or config.working_dir or "",
+        user=user or config.user or "", autoremove=autoremove, cmd=tuple(final_cmd),
+        entrypoint=tuple(final_entrypoint),
+    )
+
+
+def _validate_name(name: str) -> None:
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+    if not name or not name[0].isalnum() or not set(name) <= allowed or len(name) > 128:
+        raise errors.InvalidArgument(f'invalid container name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def _reclaim_vm(container: Container) -> None:
+    """End a VM a crashed daemon left behind, if that pid is still our QEMU."""
+    if not container.vm_pid:
+        return
+    try:
+        cmdline = Path(f"/proc/{container.vm_pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    if f"hyper-{container.id[:12]}".encode() in cmdline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(container.vm_pid, signal.SIGKILL)

@@ -1,0 +1,657 @@
+"""The image store: OCI blobs on disk, an index in SQLite, erofs disks built on demand.
+
+Layout under the daemon's root directory::
+
+    hyper.db                        SQLite shared with the daemon; this module owns the image_* tables
+    images/blobs/sha256/<hex>       content-addressed blobs: layer tarballs, configs, manifests
+    images/disks/<chain-hex>.erofs  one flattened read-only disk per layer stack, shared by pods
+    images/tmp/<pid>-...            scratch space for disk builds, on the same filesystem
+
+Images are OCI through and through (manifest, config, gzip layers, diff_ids), so that
+pulling from a registry, ``save``/``load`` and reference-counted removal can be added on
+top without converting anything.  An image's id is the digest of its config, as in Docker.
+
+Blobs are written to a temporary file in their final directory, fsynced, checked and
+hard-linked into place (``link`` fails rather than overwrite, so the store knows which
+blobs an import created and removes exactly those if the import fails).  The database
+rows are written in one transaction after the blobs, so a row never names a missing blob.
+
+Thread-safety: one ImageStore per daemon.  Its methods may be called from several
+threads (the daemon runs them under ``asyncio.to_thread``): database access and blob
+commits are serialized by a lock, and each disk is built once however many pods ask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from hyperd.image import CorruptBlob, ImageError, ImageNotFound, InvalidLayer, InvalidReference
+from hyperd.image import disk as disks
+from hyperd.image.layers import MALFORMED, Compression, DigestReader, validate_layer
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+CONFIG = "application/vnd.oci.image.config.v1+json"
+LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Go's default gzip level, as Docker uses: level 9 costs several times the CPU for ~1%.
+GZIP_LEVEL = 6
+DB_BUSY_MS = 5000
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
+                  "s390x": "s390x", "riscv64": "riscv64"}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS image_images (
+    id TEXT PRIMARY KEY,                 -- config digest, sha256:...
+    manifest_digest TEXT NOT NULL,
+    created INTEGER NOT NULL,            -- unix seconds, from the config
+    size INTEGER NOT NULL,               -- bytes of the uncompressed layers
+    config TEXT NOT NULL                 -- the config blob's JSON, verbatim
+);
+CREATE TABLE IF NOT EXISTS image_tags (
+    repository TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    image_id TEXT NOT NULL REFERENCES image_images(id) ON DELETE CASCADE,
+    PRIMARY KEY (repository, tag)
+);
+CREATE INDEX IF NOT EXISTS image_tags_image ON image_tags(image_id);
+CREATE TABLE IF NOT EXISTS image_layers (
+    image_id TEXT NOT NULL REFERENCES image_images(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,                -- 0 is the bottom layer
+    diff_id TEXT NOT NULL,
+    digest TEXT NOT NULL,                -- the layer blob
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,               -- bytes of the blob
+    PRIMARY KEY (image_id, idx)
+);
+CREATE INDEX IF NOT EXISTS image_layers_digest ON image_layers(digest);
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# References
+
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_HOST_PART}(?:\.{_HOST_PART})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_REFERENCE = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+)
+_MAX_NAME = 255
+
+
+@dataclass(frozen=True)
+class Reference:
+    """``name[:tag][@digest]`` as Docker parses it; the tag defaults to ``latest``."""
+
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        text = self.repository
+        if self.tag is not None:
+            text += f":{self.tag}"
+        if self.digest is not None:
+            text += f"@{self.digest}"
+        return text
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse and normalize a reference (``busybox`` -> ``busybox:latest``); no registry prefix is added."""
+    match = _REFERENCE.fullmatch(text) if len(text) <= 512 else None
+    if match is None:
+        lowered = _REFERENCE.fullmatch(text.lower()) if len(text) <= 512 else None
+        if lowered is not None:
+            raise InvalidReference(text, f"repository name ({text.partition(':')[0]}) must be lowercase")
+        raise InvalidReference(text)
+    name, tag, digest = match.group("name", "tag", "digest")
+    if len(name) > _MAX_NAME:
+        raise InvalidReference(text, f"repository name must not be more than {_MAX_NAME} characters")
+    if re.fullmatch(r"[0-9a-f]{64}", name):
+        # It would be indistinguishable from an image id.
+        raise InvalidReference(text, f"invalid repository name ({name}), cannot specify 64-byte hexadecimal strings")
+    if tag is None and digest is None:
+        tag = "latest"
+    return Reference(name, tag, digest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The runtime defaults an image carries (the ``config`` object of an OCI image config).
+
+    ``entrypoint``/``cmd`` are None when unset, which differs from set-but-empty for Docker.
+    """
+
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()
+    working_dir: str = ""
+    user: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    exposed_ports: tuple[str, ...] = ()
+    stop_signal: str = ""
+
+    def to_oci(self) -> dict[str, Any]:
+        env = list(self.env)
+        if not any(item.startswith("PATH=") for item in env):
+            # Docker's default, so that commands resolve the same way in every image.
+            env.insert(0, f"PATH={DEFAULT_PATH}")
+        out: dict[str, Any] = {"Env": env}
+        if self.entrypoint is not None:
+            out["Entrypoint"] = list(self.entrypoint)
+        if self.cmd is not None:
+            out["Cmd"] = list(self.cmd)
+        if self.working_dir:
+            out["WorkingDir"] = self.working_dir
+        if self.user:
+            out["User"] = self.user
+        if self.labels:
+            out["Labels"] = dict(sorted(self.labels.items()))
+        if self.exposed_ports:
+            out["ExposedPorts"] = {_port(port): {} for port in sorted(self.exposed_ports)}
+        if self.stop_signal:
+            out["StopSignal"] = self.stop_signal
+        return out
+
+    @classmethod
+    def from_oci(cls, data: object) -> ImageConfig:
+        """Read a config object; anything of the wrong type raises ImageError (configs will come from registries)."""
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise ImageError("image config: config is not an object")
+        labels = data.get("Labels") or {}
+        ports = data.get("ExposedPorts") or {}
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise ImageError("image config: Labels is not an object of strings")
+        if not isinstance(ports, dict):
+            raise ImageError("image config: ExposedPorts is not an object")
+        return cls(
+            entrypoint=_strings(data.get("Entrypoint"), "Entrypoint"),
+            cmd=_strings(data.get("Cmd"), "Cmd"),
+            env=_strings(data.get("Env"), "Env") or (),
+            working_dir=_string(data.get("WorkingDir"), "WorkingDir"),
+            user=_string(data.get("User"), "User"),
+            labels=dict(labels),
+            exposed_ports=tuple(sorted(str(port) for port in ports)),
+            stop_signal=_string(data.get("StopSignal"), "StopSignal"),
+        )
+
+
+def _port(port: str) -> str:
+    return port if "/" in port else f"{port}/tcp"
+
+
+def _strings(value: object, name: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ImageError(f"image config: {name} is not a list of strings")
+    return tuple(value)
+
+
+def _string(value: object, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ImageError(f"image config: {name} is not a string")
+    return value
+
+
+@dataclass(frozen=True)
+class Layer:
+    diff_id: str      # sha256 of the uncompressed tar
+    digest: str       # the blob, as stored and as a registry serves it
+    media_type: str
+    size: int         # bytes of the blob
+
+
+@dataclass(frozen=True)
+class Image:
+    id: str                          # config digest, sha256:...
+    manifest_digest: str
+    created: int                     # unix seconds, as Docker's API reports it
+    size: int                        # bytes of the uncompressed layers
+    references: tuple[str, ...]      # repository:tag, sorted
+    config: ImageConfig
+    layers: tuple[Layer, ...]
+
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.created, UTC)
+
+    @property
+    def short_id(self) -> str:
+        return self.id.removeprefix("sha256:")[:12]
+
+    @property
+    def diff_ids(self) -> tuple[str, ...]:
+        return tuple(layer.diff_id for layer in self.layers)
+
+    @property
+    def chain_id(self) -> str:
+        return disks.chain_id(self.diff_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blobs
+
+
+class Staged:
+    """A blob being written: a temporary file next to its final place, hashed as it grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "xb")  # noqa: SIM115 - closed by commit() or the staging context
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def finish(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    def discard(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{self._hash.hexdigest()}"
+
+
+class Blobs:
+    """Content-addressed files under ``blobs/sha256/<hex>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "sha256"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        # Digests will come from manifests and URLs: never let one name another path.
+        if not _DIGEST.fullmatch(digest):
+            raise CorruptBlob(digest, "not a sha256 digest")
+        return self.dir / digest[7:]
+
+    def __contains__(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def read(self, digest: str) -> bytes:
+        """A small blob's content (config, manifest), verified against its digest."""
+        try:
+            data = self.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise CorruptBlob(digest, "it is missing") from None
+        if f"sha256:{hashlib.sha256(data).hexdigest()}" != digest:
+            raise CorruptBlob(digest, "its content does not match its digest")
+        return data
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Staged]:
+        """A temporary blob, removed on exit unless committed."""
+        staged = Staged(self.dir / f".tmp-{os.getpid()}-{secrets.token_hex(8)}")
+        try:
+            yield staged
+        finally:
+            staged.discard()
+
+    def commit(self, staged: Staged, expected: str | None = None) -> bool:
+        """Move a staged blob into place; True if it was new, False if the store had it already."""
+        staged.finish()
+        digest = staged.digest
+        if expected is not None and digest != expected:
+            raise CorruptBlob(expected, f"received content hashes to {digest}")
+        try:
+            os.link(staged.path, self.path(digest))
+        except FileExistsError:
+            return False
+        finally:
+            staged.path.unlink(missing_ok=True)
+        disks.fsync_dir(self.dir)
+        return True
+
+    def put(self, data: bytes) -> tuple[str, bool]:
+        """Store bytes; their digest and whether the blob is new."""
+        with self.staging() as staged:
+            staged.write(data)
+            return staged.digest, self.commit(staged)
+
+    def remove(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+class ImageStore:
+    """Images under a daemon root directory; see the module docstring for the layout."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        images = self.root / "images"
+        self.blobs = Blobs(images / "blobs")
+        self.disks_dir = images / "disks"
+        self.tmp_dir = images / "tmp"
+        for directory in (self.disks_dir, self.tmp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        _remove_stale(self.tmp_dir, "")
+        _remove_stale(self.blobs.dir, ".tmp-")
+        # One connection used from several threads, always under self._lock.
+        self._db = sqlite3.connect(self.root / "hyper.db", isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._disk_locks: dict[str, threading.Lock] = {}
+        with self._lock:
+            self._db.execute(f"PRAGMA busy_timeout = {DB_BUSY_MS}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            with self._transaction():
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ImageStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front: no deadlock upgrading a read later.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- import ---------------------------------------------------------------------------------
+
+    def import_rootfs(self, tar: BinaryIO, reference: str | None, *, config: ImageConfig | None = None,
+                      created: datetime | None = None, comment: str = "") -> Image:
+        """Import a root filesystem tarball (plain, gzip, bzip2 or xz) as a one-layer image.
+
+        A gzip tarball becomes the layer blob as it is; any other is stored gzip-compressed.
+
+        The tarball is validated entirely before anything is stored (InvalidLayer names
+        the first unsafe entry) and on any failure nothing is left behind.  ``created``
+        defaults to now; giving it (with the same content and config) makes the import
+        reproducible: the same image id, and importing it again only retags it.
+        """
+        target = parse_reference(reference) if reference is not None else None
+        if target is not None and target.digest is not None:
+            raise InvalidReference(reference or "", "cannot import to a digest reference")
+        created = (created or datetime.now(UTC)).astimezone(UTC)
+        with self.blobs.staging() as layer_blob:
+            # One pass over the input: validate the tar while hashing it and writing the blob.
+            try:
+                compression, whole = Compression.sniff(tar)
+                if compression is Compression.GZIP:
+                    # Already gzip: store it as given; recompressing would cost most of the import's time.
+                    given = DigestReader(whole, copy=layer_blob.write)
+                    plain = DigestReader(compression.open(io.BufferedReader(given, 1 << 16)))
+                    validate_layer(io.BufferedReader(plain, 1 << 16), base=True)
+                    plain.drain()
+                    given.drain()
+                else:
+                    with gzip.GzipFile(fileobj=layer_blob, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,
+                                       filename="") as compressed:
+                        plain = DigestReader(compression.open(whole), copy=compressed.write)
+                        validate_layer(io.BufferedReader(plain, 1 << 16), base=True)
+                        plain.drain()
+            except MALFORMED as err:
+                raise InvalidLayer(f"not a valid tar archive: {err}") from err
+            layer = Layer(plain.digest, layer_blob.digest, LAYER_GZIP, layer_blob.size)
+            config_json = _canonical({
+                "architecture": _ARCHITECTURES.get(platform.machine(), platform.machine()),
+                "os": "linux",
+                "created": _timestamp(created),
+                "config": (config or ImageConfig()).to_oci(),
+                "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+                "history": [{"created": _timestamp(created), "created_by": "hyper import",
+                             **({"comment": comment} if comment else {})}],
+            })
+            config_digest = _digest(config_json)
+            manifest_json = _canonical({
+                "schemaVersion": 2,
+                "mediaType": MANIFEST,
+                "config": {"mediaType": CONFIG, "digest": config_digest, "size": len(config_json)},
+                "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}],
+            })
+            with self._lock:
+                if self._exists(config_digest):
+                    # Same config, hence the same diff_ids: the image is already here.
+                    if target is not None:
+                        self._set_tag(config_digest, target)
+                    return self._load(config_digest)
+                created_blobs: list[str] = []
+                try:
+                    if self.blobs.commit(layer_blob):
+                        created_blobs.append(layer.digest)
+                    for data in (config_json, manifest_json):
+                        digest, new = self.blobs.put(data)
+                        if new:
+                            created_blobs.append(digest)
+                    with self._transaction() as db:
+                        db.execute("INSERT INTO image_images (id, manifest_digest, created, size, config) "
+                                   "VALUES (?, ?, ?, ?, ?)",
+                                   (config_digest, _digest(manifest_json), int(created.timestamp()), plain.size,
+                                    config_json.decode()))
+                        db.execute("INSERT INTO image_layers (image_id, idx, diff_id, digest, media_type, size) "
+                                   "VALUES (?, 0, ?, ?, ?, ?)",
+                                   (config_digest, layer.diff_id, layer.digest, layer.media_type, layer.size))
+                        if target is not None:
+                            self._set_tag(config_digest, target)
+                except BaseException:
+                    # Only what this import created: an existing blob may belong to another image.
+                    for digest in created_blobs:
+                        self.blobs.remove(digest)
+                    raise
+                return self._load(config_digest)
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def resolve(self, reference: str) -> Image:
+        """The image named by ``name[:tag]``, ``name@digest``, a full id or a unique id prefix (>= 4 hex).
+
+        Like Docker, a name wins over an id prefix it also spells (``beef``).
+        """
+        with self._lock:
+            if reference.startswith("sha256:"):
+                found = self._by_id_prefix(reference[7:])
+                if found is None:
+                    raise ImageNotFound(reference)
+                return found
+            if re.fullmatch(r"[0-9a-f]{64}", reference):
+                found = self._by_id_prefix(reference)
+                if found is None:
+                    raise ImageNotFound(reference)
+                return found
+            try:
+                parsed: Reference | None = parse_reference(reference)
+            except InvalidReference:
+                if not re.fullmatch(r"[0-9a-f]{4,63}", reference):
+                    raise
+                parsed = None
+            if parsed is not None:
+                image_id = self._by_reference(parsed)
+                if image_id is not None:
+                    return self._load(image_id)
+            found = self._by_id_prefix(reference)
+            if found is None:
+                raise ImageNotFound(str(parsed) if parsed is not None else reference)
+            return found
+
+    def list(self) -> list[Image]:
+        """Every image, newest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM image_images ORDER BY created DESC, id").fetchall()
+            return [self._load(image_id) for (image_id,) in rows]
+
+    def tag(self, image: Image, reference: str) -> Image:
+        """Point ``reference`` at ``image`` (moving it off any other image); returns the image as now tagged."""
+        target = parse_reference(reference)
+        if target.digest is not None:
+            raise InvalidReference(reference, "refusing to create a tag with a digest reference")
+        with self._lock:
+            if not self._exists(image.id):
+                raise ImageNotFound(image.id)
+            with self._transaction():
+                self._set_tag(image.id, target)
+            return self._load(image.id)
+
+    # -- disks ----------------------------------------------------------------------------------
+
+    def disk_path(self, image: Image) -> Path:
+        return self.disks_dir / f"{image.chain_id.removeprefix('sha256:')}.erofs"
+
+    def disk(self, image: Image) -> Path:
+        """The image's erofs disk, built on first use and then shared (blocking: run it in a thread)."""
+        path = self.disk_path(image)
+        if path.exists():
+            return path
+        with self._lock:
+            lock = self._disk_locks.setdefault(image.chain_id, threading.Lock())
+        with lock:
+            if not path.exists():
+                layers = [disks.LayerBlob(self.blobs.path(layer.digest), layer.digest, layer.diff_id)
+                          for layer in image.layers]
+                disks.build(layers, path, self.tmp_dir)
+        return path
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    def _exists(self, image_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM image_images WHERE id = ?", (image_id,)).fetchone() is not None
+
+    def _set_tag(self, image_id: str, target: Reference) -> None:
+        assert target.tag is not None
+        self._db.execute("INSERT OR REPLACE INTO image_tags (repository, tag, image_id) VALUES (?, ?, ?)",
+                         (target.repository, target.tag, image_id))
+
+    def _by_reference(self, reference: Reference) -> str | None:
+        if reference.digest is not None:
+            row = self._db.execute(
+                "SELECT id FROM image_images WHERE manifest_digest = ? ORDER BY id LIMIT 1", (reference.digest,)
+            ).fetchone()
+        else:
+            row = self._db.execute("SELECT image_id FROM image_tags WHERE repository = ? AND tag = ?",
+                                   (reference.repository, reference.tag)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _by_id_prefix(self, prefix: str) -> Image | None:
+        if not re.fullmatch(r"[0-9a-f]{4,64}", prefix):
+            return None
+        # Hex digits are no LIKE wildcards; two matches are ambiguous, which Docker reports as not found.
+        rows = self._db.execute("SELECT id FROM image_images WHERE id LIKE ? LIMIT 2",
+                                (f"sha256:{prefix}%",)).fetchall()
+        return self._load(rows[0][0]) if len(rows) == 1 else None
+
+    def _load(self, image_id: str) -> Image:
+        row = self._db.execute("SELECT manifest_digest, created, size, config FROM image_images WHERE id = ?",
+                               (image_id,)).fetchone()
+        if row is None:
+            raise ImageNotFound(image_id)
+        manifest_digest, created, size, config_text = row
+        tags = self._db.execute("SELECT repository, tag FROM image_tags WHERE image_id = ? ORDER BY repository, tag",
+                                (image_id,)).fetchall()
+        layers = self._db.execute("SELECT diff_id, digest, media_type, size FROM image_layers WHERE image_id = ? "
+                                  "ORDER BY idx", (image_id,)).fetchall()
+        try:
+            config = json.loads(config_text)
+        except ValueError as err:
+            raise ImageError(f"image {image_id}: stored config is not JSON: {err}") from err
+        return Image(
+            id=image_id,
+            manifest_digest=manifest_digest,
+            created=int(created),
+            size=size,
+            references=tuple(f"{repository}:{tag}" for repository, tag in tags),
+            config=ImageConfig.from_oci(config.get("config") if isinstance(config, dict) else None),
+            layers=tuple(Layer(*layer) for layer in layers),
+        )
+
+
+def _canonical(document: Mapping[str, Any]) -> bytes:
+    """Deterministic JSON: the same image always has the same digests."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def _timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with a Z, as OCI configs write it."""
+    text = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def _remove_stale(directory: Path, prefix: str) -> None:
+    """Remove temporaries named ``<prefix><pid>-...`` whose process is gone (a crash mid-write)."""
+    for entry in directory.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        pid = entry.name[len(prefix):].partition("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["Blobs", "Image", "ImageConfig", "ImageStore", "Layer", "Reference", "parse_reference"]

@@ -1,0 +1,63 @@
+"""The json-file log driver: each line a container writes, with its stream and time.
+
+Same format as docker's json-file driver (``{"log": ..., "stream": ..., "time": ...}``
+per line), so existing tooling can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+STREAMS = {1: "stdout", 2: "stderr"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    stream: int
+    data: bytes
+    time: str
+
+
+def timestamp() -> str:
+    now = time.time_ns()
+    return datetime.fromtimestamp(now // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{now % 10**9:09d}Z"
+
+
+class JsonFileLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("ab")
+
+    def write(self, stream: int, data: bytes) -> list[Entry]:
+        """Append ``data`` as one entry per line (a trailing partial line is an entry too)."""
+        now = timestamp()
+        entries = [Entry(stream, line, now) for line in data.splitlines(keepends=True)]
+        self._file.write(b"".join(
+            json.dumps({"log": e.data.decode(errors="replace"), "stream": STREAMS[stream], "time": e.time}).encode()
+            + b"\n" for e in entries
+        ))
+        self._file.flush()
+        return entries
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read(path: Path) -> Iterator[Entry]:
+    streams = {name: number for number, name in STREAMS.items()}
+    try:
+        with path.open("rb") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    yield Entry(streams[record["stream"]], record["log"].encode(), record["time"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line after a crash
+    except FileNotFoundError:
+        return

@@ -1,0 +1,102 @@
+"""``hyperd``: serve the API until SIGTERM/SIGINT, then stop every pod cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from hyperd import __version__
+from hyperd.config import DEFAULT_HOST, DEFAULT_ROOT, Config
+from hyperd.errors import HyperError
+
+log = logging.getLogger("hyperd")
+
+
+def _lock(root: Path) -> int:
+    """Hold ROOT/hyperd.lock for the daemon's life: one daemon per root."""
+    fd = os.open(root / "hyperd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise HyperError(f"another hyperd (pid {owner}) is already using {root}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+async def serve(config: Config) -> None:
+    # Imported here so that `hyperd --help` and lock errors stay fast.
+    from aiohttp import web
+
+    from hyperd.api import application
+    from hyperd.daemon import Daemon
+    from hyperd.image.store import ImageStore
+    from hyperd.vm.qemu import Qemu
+
+    hypervisor = await Qemu.detect(config.kernel, config.guest_disk, config.cache)
+    if hypervisor.accel.name == "tcg":
+        log.warning("using TCG (software emulation), not KVM: %s", hypervisor.accel.reason)
+    daemon = Daemon(config, hypervisor, ImageStore(config.root))
+    daemon.recover()
+    runner = web.AppRunner(application(daemon), access_log=None, handle_signals=False)
+    await runner.setup()
+    config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileNotFoundError):
+        config.socket.unlink()  # stale: we hold the root's lock, so no live daemon owns it
+    old_umask = os.umask(0o177)
+    try:
+        site = web.UnixSite(runner, str(config.socket))
+        await site.start()
+    finally:
+        os.umask(old_umask)
+    log.info("hyperd %s listening on unix://%s (root %s)", __version__, config.socket, config.root)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping: shutting down %d pod(s)", len(daemon.pods))
+    finally:
+        await runner.cleanup()
+        await daemon.shutdown()
+        with contextlib.suppress(FileNotFoundError):
+            config.socket.unlink()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-H", "--host", default=DEFAULT_HOST, show_default=True, help="Socket to serve, unix:///path.")
+@click.option("--root", type=click.Path(path_type=Path), default=DEFAULT_ROOT, show_default=True,
+              help="Where images, containers and state live.")
+@click.option("--kernel", type=click.Path(path_type=Path), help="Guest kernel (default $HYPER_KERNEL).")
+@click.option("--guest", type=click.Path(path_type=Path), help="Guest root disk (default $HYPER_GUEST).")
+@click.option("--debug", is_flag=True, help="Log debug messages.")
+@click.version_option(__version__, prog_name="hyperd")
+def main(host: str, root: Path, kernel: Path | None, guest: Path | None, debug: bool) -> None:
+    """The hyper daemon: runs every pod in its own micro-VM."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="hyperd: %(message)s",
+                        stream=sys.stderr)
+    if os.geteuid() != 0:
+        sys.exit("hyperd: must run as root (it boots VMs and builds root filesystems)")
+    try:
+        config = Config.create(host, root, kernel, guest)
+        config.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = _lock(config.root)
+        try:
+            asyncio.run(serve(config))
+        finally:
+            os.close(lock)
+    except HyperError as err:
+        if debug:
+            raise
+        sys.exit(f"hyperd: {err}")

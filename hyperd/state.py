@@ -1,0 +1,110 @@
+"""Containers: their frozen specs, their lifecycle states, and their rows on disk.
+
+State lives in SQLite (``ROOT/hyper.db``) so that ``hyper ps -a`` survives a daemon
+restart; every change is written before the API answers.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hyperd.errors import StateError
+
+
+class ContainerState(enum.StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    REMOVING = "removing"
+
+    def allows(self, target: ContainerState) -> bool:
+        return target in _TRANSITIONS[self]
+
+
+_TRANSITIONS = {
+    ContainerState.CREATED: {ContainerState.RUNNING, ContainerState.REMOVING},
+    ContainerState.RUNNING: {ContainerState.EXITED, ContainerState.CREATED},
+    ContainerState.EXITED: {ContainerState.RUNNING, ContainerState.REMOVING},
+    ContainerState.REMOVING: set(),
+}
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What ``hyper run``/``create`` asked for, resolved against the image."""
+
+    image: str
+    image_id: str
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    workdir: str = ""
+    user: str = ""
+    autoremove: bool = False
+    cmd: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+
+
+@dataclass
+class Container:
+    """A container's lifecycle; ``transition`` refuses moves its state does not allow."""
+
+    id: str
+    name: str
+    spec: ContainerSpec
+    state: ContainerState = ContainerState.CREATED
+    exit_code: int = 0
+    error: str = ""
+    created: float = field(default_factory=time.time)
+    started: float = 0.0
+    finished: float = 0.0
+    vm_pid: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def transition(self, target: ContainerState, action: str) -> None:
+        if not self.state.allows(target):
+            raise StateError(f"cannot {action} container {self.name}: it is {self.state}")
+        self.state = target
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS containers (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, "
+            "record TEXT NOT NULL)"
+        )
+
+    def save(self, container: Container) -> None:
+        record = asdict(container)
+        record["state"] = str(container.state)
+        self._db.execute(
+            "INSERT INTO containers (id, name, record) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET name = excluded.name, record = excluded.record",
+            (container.id, container.name, json.dumps(record)),
+        )
+
+    def delete(self, container_id: str) -> None:
+        self._db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+
+    def load(self) -> list[Container]:
+        rows = self._db.execute("SELECT record FROM containers").fetchall()
+        return [_from_record(json.loads(row[0])) for row in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _from_record(record: dict[str, Any]) -> Container:
+    spec = record.pop("spec")
+    for key in ("args", "env", "cmd", "entrypoint"):
+        spec[key] = tuple(spec.get(key, ()))
+    record["state"] = ContainerState(record["state"])
+    return Container(spec=ContainerSpec(**spec), **record)

@@ -1,0 +1,327 @@
+"""The image store on a real directory: OCI blobs, the SQLite index, references and erofs disks."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import shutil
+import sqlite3
+import subprocess
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from hyperd.image import DiskError, ImageNotFound, InvalidLayer, InvalidReference
+from hyperd.image import busybox as busybox_image
+from hyperd.image import disk as disks
+from hyperd.image.store import CONFIG, LAYER_GZIP, MANIFEST, Image, ImageConfig, ImageStore, parse_reference
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="building a disk preserves ownership, which needs root")
+CREATED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def rootfs(files: dict[str, bytes] | None = None, *, compress: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (files or {"etc/hello": b"hello\n", "bin/tool": b"#!/bin/sh\n"}).items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o755, 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("bin/sh")
+        link.type, link.linkname, link.mtime = tarfile.SYMTYPE, "tool", 1_700_000_000
+        tar.addfile(link)
+    data = buffer.getvalue()
+    return gzip.compress(data) if compress else data
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ImageStore]:
+    with ImageStore(tmp_path) as opened:
+        yield opened
+
+
+def blob_names(store: ImageStore) -> list[str]:
+    return sorted(os.listdir(store.blobs.dir))
+
+
+def rows(store: ImageStore) -> dict[str, int]:
+    db = sqlite3.connect(store.root / "hyper.db")
+    try:
+        return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in ("image_images", "image_tags", "image_layers")}
+    finally:
+        db.close()
+
+
+def test_import_stores_content_addressed_oci_blobs(store: ImageStore) -> None:
+    tar = rootfs()
+    given = gzip.compress(tar)
+    image = store.import_rootfs(io.BytesIO(given), "hello",
+                                config=ImageConfig(cmd=("sh",), env=("A=1",), working_dir="/srv", user="nobody",
+                                                   labels={"k": "v"}, exposed_ports=("80",)),
+                                created=CREATED)
+    names = blob_names(store)
+    assert len(names) == 3
+    for name in names:
+        assert hashlib.sha256((store.blobs.dir / name).read_bytes()).hexdigest() == name
+
+    manifest = json.loads(store.blobs.read(image.manifest_digest))
+    assert manifest["schemaVersion"] == 2 and manifest["mediaType"] == MANIFEST
+    assert manifest["config"] == {"mediaType": CONFIG, "digest": image.id,
+                                  "size": len(store.blobs.read(image.id))}
+    [layer] = manifest["layers"]
+    assert layer["mediaType"] == LAYER_GZIP
+    assert layer["size"] == store.blobs.path(layer["digest"]).stat().st_size
+
+    config = json.loads(store.blobs.read(image.id))
+    assert (config["architecture"], config["os"]) == ("amd64", "linux")
+    assert config["created"] == "2024-05-01T12:00:00Z"
+    assert config["rootfs"] == {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(tar).hexdigest()}"]}
+    assert config["history"][0]["created_by"] == "hyper import"
+    assert config["config"] == {
+        "Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=1"],
+        "WorkingDir": "/srv", "User": "nobody", "Labels": {"k": "v"}, "ExposedPorts": {"80/tcp": {}},
+    }
+    # A gzip tarball is the layer blob as given.
+    assert store.blobs.path(layer["digest"]).read_bytes() == given
+
+    assert image.references == ("hello:latest",)
+    assert image.created == int(CREATED.timestamp()) and image.created_at == CREATED
+    assert image.size == len(tar)
+    assert image.config.cmd == ("sh",) and image.config.entrypoint is None
+    assert image.layers[0].diff_id == config["rootfs"]["diff_ids"][0]
+    assert rows(store) == {"image_images": 1, "image_tags": 1, "image_layers": 1}
+
+
+@pytest.mark.parametrize("compress", [lambda data: data, bz2.compress, lzma.compress], ids=["plain", "bzip2", "xz"])
+def test_other_inputs_are_stored_as_gzip(store: ImageStore, compress: Callable[[bytes], bytes]) -> None:
+    tar = rootfs()
+    image = store.import_rootfs(io.BytesIO(compress(tar)), "hello", created=CREATED)
+    [layer] = image.layers
+    assert layer.media_type == LAYER_GZIP
+    assert gzip.decompress(store.blobs.path(layer.digest).read_bytes()) == tar
+    assert layer.diff_id == f"sha256:{hashlib.sha256(tar).hexdigest()}"
+
+
+def test_resolve_by_name_tag_id_and_prefix(store: ImageStore, tmp_path: Path) -> None:
+    image = store.import_rootfs(io.BytesIO(rootfs()), "busybox", created=CREATED)
+    store.tag(image, "localhost:5000/tools/busybox:1.35")
+    hexid = image.id.removeprefix("sha256:")
+    for reference in ("busybox", "busybox:latest", "localhost:5000/tools/busybox:1.35", image.id, hexid,
+                      hexid[:12], hexid[:4], f"sha256:{hexid[:8]}", f"busybox@{image.manifest_digest}"):
+        assert store.resolve(reference).id == image.id, reference
+    # The index lives in SQLite: a new store on the same root sees the same images.
+    with ImageStore(tmp_path) as again:
+        assert again.resolve("busybox").references == (
+            "busybox:latest", "localhost:5000/tools/busybox:1.35")
+
+
+def test_unknown_references_raise_dockers_message(store: ImageStore) -> None:
+    store.import_rootfs(io.BytesIO(rootfs()), "busybox", created=CREATED)
+    for reference, message in (("nope", "No such image: nope:latest"), ("busybox:1.0", "No such image: busybox:1.0"),
+                               ("sha256:" + "0" * 64, "No such image: sha256:" + "0" * 64),
+                               ("0000", "No such image: 0000:latest")):
+        with pytest.raises(ImageNotFound) as err:
+            store.resolve(reference)
+        assert str(err.value) == message
+    with pytest.raises(InvalidReference, match="must be lowercase"):
+        store.resolve("BusyBox")
+    with pytest.raises(InvalidReference, match="invalid reference format"):
+        store.resolve("bad name!")
+
+
+def test_reference_parsing() -> None:
+    assert str(parse_reference("busybox")) == "busybox:latest"
+    assert str(parse_reference("library/busybox:1.36")) == "library/busybox:1.36"
+    ref = parse_reference("registry.example.com:5000/a/b-c__d:v1.2_3")
+    assert (ref.repository, ref.tag, ref.digest) == ("registry.example.com:5000/a/b-c__d", "v1.2_3", None)
+    digest = "sha256:" + "a" * 64
+    assert parse_reference(f"busybox@{digest}").tag is None
+    for bad in ("", ":latest", "busybox:", "a//b", "-a", "a:" + "t" * 129, "busybox@sha256:abc", "f" * 64 + ":x"):
+        with pytest.raises(InvalidReference):
+            parse_reference(bad)
+
+
+def test_tag_moves_and_list(store: ImageStore) -> None:
+    first = store.import_rootfs(io.BytesIO(rootfs({"a": b"1"})), "app:v1", created=CREATED)
+    second = store.import_rootfs(io.BytesIO(rootfs({"a": b"2"})), "app:v2",
+                                 created=CREATED.replace(year=2025))
+    assert store.tag(second, "app:v1").references == ("app:v1", "app:v2")
+    assert store.resolve("app:v1").id == second.id
+    listed = store.list()
+    assert [image.id for image in listed] == [second.id, first.id]  # newest first
+    assert listed[1].references == ()
+    with pytest.raises(InvalidReference):
+        store.tag(first, f"app@{first.manifest_digest}")
+
+
+def test_untagged_import_and_reimport_is_idempotent(store: ImageStore) -> None:
+    untagged = store.import_rootfs(io.BytesIO(rootfs()), None, created=CREATED)
+    assert untagged.references == ()
+    before = blob_names(store)
+    again = store.import_rootfs(io.BytesIO(rootfs()), "named", created=CREATED)
+    assert again.id == untagged.id and again.references == ("named:latest",)
+    assert blob_names(store) == before
+
+
+@pytest.mark.parametrize("data", [
+    b"definitely not a tarball" * 100,
+    gzip.compress(rootfs())[:-40],
+    rootfs({"../escape": b"x"}),
+    gzip.compress(rootfs({"/etc/passwd": b"x"})),
+], ids=["garbage", "truncated-gzip", "dotdot", "absolute"])
+def test_rejected_import_leaves_nothing(store: ImageStore, data: bytes) -> None:
+    with pytest.raises(InvalidLayer, match="layer rejected: "):
+        store.import_rootfs(io.BytesIO(data), "broken")
+    assert blob_names(store) == []
+    assert rows(store) == {"image_images": 0, "image_tags": 0, "image_layers": 0}
+    with pytest.raises(ImageNotFound):
+        store.resolve("broken")
+
+
+def test_failure_after_blobs_are_written_removes_only_new_ones(store: ImageStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = store.import_rootfs(io.BytesIO(rootfs()), "kept", created=CREATED)
+    before = blob_names(store)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(ImageStore, "_set_tag", broken)
+    # Same layer (shared with `kept`), different config: the layer blob must survive.
+    with pytest.raises(RuntimeError):
+        store.import_rootfs(io.BytesIO(rootfs()), "other", config=ImageConfig(cmd=("true",)), created=CREATED)
+    assert blob_names(store) == before
+    assert rows(store) == {"image_images": 1, "image_tags": 1, "image_layers": 1}
+    assert store.resolve("kept").id == kept.id
+
+
+def test_stale_temporaries_of_dead_processes_are_cleaned(tmp_path: Path) -> None:
+    with ImageStore(tmp_path) as store:
+        blobs, scratch = store.blobs.dir, store.tmp_dir
+    dead = 2 ** 22 + 12345  # above pid_max's default ceiling: never a live process
+    (blobs / f".tmp-{dead}-abc").write_bytes(b"partial")
+    (scratch / f"{dead}-disk-xyz" / "rootfs").mkdir(parents=True)
+    (scratch / f"{os.getpid()}-disk-live").mkdir()
+    with ImageStore(tmp_path):
+        assert os.listdir(blobs) == []
+        assert os.listdir(scratch) == [f"{os.getpid()}-disk-live"]
+
+
+@root_only
+def test_disk_is_an_erofs_image_built_once(store: ImageStore, monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    if shutil.which("mkfs.erofs") is None:
+        pytest.skip("erofs-utils is not installed")
+    image = store.import_rootfs(io.BytesIO(rootfs()), "app", created=CREATED)
+    builds = []
+    real_build = disks.build
+
+    def counting(*args: object, **kwargs: object) -> disks.BuildStats:
+        builds.append(args)
+        return real_build(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(disks, "build", counting)
+    paths: list[Path] = []
+    threads = [threading.Thread(target=lambda: paths.append(store.disk(image))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    path = store.disk(image)
+    assert len(builds) == 1
+    assert set(paths) == {path}
+    assert path == store.root / "images/disks" / f"{image.chain_id.removeprefix('sha256:')}.erofs"
+    assert image.chain_id == image.layers[0].diff_id  # one layer: its chain id is its diff_id
+    with open(path, "rb") as f:
+        f.seek(1024)
+        assert f.read(4) == bytes.fromhex("e2e1f5e0")  # EROFS_SUPER_MAGIC_V1, little-endian
+    assert os.listdir(store.tmp_dir) == []
+    inode = path.stat().st_ino
+    assert store.disk(image) == path and path.stat().st_ino == inode
+
+    if shutil.which("dump.erofs"):
+        dump = subprocess.run(["dump.erofs", "--path=/etc/hello", str(path)], capture_output=True, text=True)
+        assert dump.returncode == 0 and "Size: 6" in dump.stdout
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-o", "loop,ro", "-t", "erofs", str(path), str(mountpoint)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount erofs here: {mounted.stderr.strip()}")
+    try:
+        assert (mountpoint / "etc/hello").read_bytes() == b"hello\n"
+        assert os.readlink(mountpoint / "bin/sh") == "tool"
+        assert (mountpoint / "bin/tool").stat().st_mtime == 1_700_000_000
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+@root_only
+def test_disk_corruption_is_detected(store: ImageStore) -> None:
+    image = store.import_rootfs(io.BytesIO(rootfs()), "app", created=CREATED)
+    blob = store.blobs.path(image.layers[0].digest)
+    blob.write_bytes(gzip.compress(rootfs({"evil": b"swapped"})))
+    with pytest.raises(Exception, match="is corrupt"):
+        store.disk(image)
+    assert not store.disk_path(image).exists()
+    assert os.listdir(store.tmp_dir) == []
+
+
+def test_missing_mkfs_names_the_package(store: ImageStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = store.import_rootfs(io.BytesIO(rootfs()), "app", created=CREATED)
+    monkeypatch.setattr(disks, "MKFS", "mkfs.erofs-not-installed")
+    with pytest.raises(DiskError, match="install the erofs-utils package"):
+        store.disk(image)
+
+
+# -- busybox -------------------------------------------------------------------------------------
+
+
+def _static_busybox() -> bool:
+    try:
+        busybox_image._check_static(busybox_image.BUSYBOX)
+    except Exception:
+        return False
+    return True
+
+
+needs_busybox = pytest.mark.skipif(not _static_busybox(), reason="needs busybox-static installed")
+
+
+@needs_busybox
+def test_busybox_rootfs_is_deterministic(tmp_path: Path) -> None:
+    first = busybox_image.build_rootfs_tar(tmp_path / "a.tar")
+    second = busybox_image.build_rootfs_tar(tmp_path / "b.tar")
+    assert first.read_bytes() == second.read_bytes()
+    with tarfile.open(first) as tar:
+        members = {member.name: member for member in tar.getmembers()}
+        passwd = tar.extractfile("etc/passwd")
+        assert passwd is not None and passwd.read().startswith(b"root:x:0:0:root:/root:/bin/sh\n")
+    assert members["bin/busybox"].isreg() and members["bin/busybox"].mode == 0o755
+    assert members["bin/sh"].issym() and members["bin/sh"].linkname == "/bin/busybox"
+    assert members["usr/bin/env"].issym()
+    assert members["tmp"].mode == 0o1777 and members["root"].mode == 0o700
+    assert {member.uid for member in members.values()} == {0}
+    assert len({member.mtime for member in members.values()}) == 1
+    assert list(members) == sorted(members, key=lambda name: name.split("/"))
+
+
+@needs_busybox
+def test_busybox_install_is_idempotent(store: ImageStore) -> None:
+    image = busybox_image.install(store)
+    assert image.references == ("busybox:latest",)
+    assert image.config.cmd == ("sh",)
+    blobs = blob_names(store)
+    again = busybox_image.install(store)
+    assert again.id == image.id and blob_names(store) == blobs
+    assert isinstance(store.resolve("busybox"), Image)
