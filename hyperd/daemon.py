@@ -61,6 +61,7 @@ class Daemon:
         self.finished: dict[str, asyncio.Event] = {}
         self.removed: dict[str, asyncio.Event] = {}
         self.supervisors: set[asyncio.Task[None]] = set()
+        self.closing = False
 
     # -- start-up and shutdown ----------------------------------------------------------
 
@@ -80,6 +81,7 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Stop every pod (their containers exit as killed) and wait for the supervisors."""
+        self.closing = True
         await asyncio.gather(*(self._stop_pod(cid, 0) for cid in list(self.pods)), return_exceptions=True)
         if self.supervisors:
             await asyncio.wait(self.supervisors, timeout=SHUTDOWN_TIMEOUT * 2)
@@ -146,6 +148,8 @@ class Daemon:
 
     async def start(self, ref: str) -> Container:
         container = self.get(ref)
+        if self.closing:
+            raise errors.Conflict("hyperd is shutting down")
         if container.state == ContainerState.RUNNING:
             return container
         container.transition(ContainerState.RUNNING, "start")
@@ -164,8 +168,7 @@ class Daemon:
             container.error = str(err).split("\n")[0]
             if isinstance(err, errors.StartFailed):
                 container.exit_code = err.exit_code
-            self.db.save(container)
-            self.finished[container.id].set()
+            self._finish(container)
             if container.spec.autoremove:
                 await self._remove(container)
             raise
@@ -280,12 +283,16 @@ class Daemon:
             self.pods.pop(container.id, None)
             container.state = ContainerState.EXITED
             container.finished = time.time()
-            self.db.save(container)
-            for queue in self.subscribers[container.id]:
-                queue.put_nowait(None)
-            self.finished[container.id].set()
+            self._finish(container)
             if container.spec.autoremove:
                 await self._remove(container)
+
+    def _finish(self, container: Container) -> None:
+        """The container is done running (or never got going): record it, end its streams, wake waiters."""
+        self.db.save(container)
+        for queue in self.subscribers[container.id]:
+            queue.put_nowait(None)
+        self.finished[container.id].set()
 
     async def _teardown(self, pod: Pod) -> None:
         """Ask the agent to power off; QMP quit or SIGKILL when it does not."""

@@ -58,9 +58,9 @@ class AgentInfo:
     capabilities: frozenset[str]
     agent: str
     kernel_to_init: float
-    """Guest seconds from kernel start to the agent's first instruction."""
+    """Guest seconds from kernel start to the kernel running init (the agent's process)."""
     agent_startup: float
-    """Guest seconds from the agent's start to its ready event."""
+    """Guest seconds from init's start (Python start-up and imports included) to the ready event."""
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ class AgentClient:
         common = set(VERSIONS) & {_int(v, "protocol version", 1, 2**16) for v in versions}
         if not common:
             raise GuestError(f"agent speaks protocol versions {versions}, hyperd speaks {list(VERSIONS)}")
-        start = _number(boot.get("agent_start"), "boot time")
+        start = _number(boot.get("init_start"), "boot time")
         ready = _number(boot.get("agent_ready"), "boot time")
         info = AgentInfo(
             version=max(common),

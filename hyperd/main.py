@@ -48,7 +48,9 @@ async def serve(config: Config) -> None:
         log.warning("using TCG (software emulation), not KVM: %s", hypervisor.accel.reason)
     daemon = Daemon(config, hypervisor, ImageStore(config.root))
     daemon.recover()
-    runner = web.AppRunner(application(daemon), access_log=None, handle_signals=False)
+    # handler_cancellation: a client that goes away ends its attach or logs stream.
+    runner = web.AppRunner(application(daemon), access_log=None, handle_signals=False, handler_cancellation=True,
+                           shutdown_timeout=5)
     await runner.setup()
     config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.suppress(FileNotFoundError):
@@ -68,8 +70,9 @@ async def serve(config: Config) -> None:
         await stop.wait()
         log.info("stopping: shutting down %d pod(s)", len(daemon.pods))
     finally:
-        await runner.cleanup()
+        # Pods first: their containers' streams end, so the API's handlers can finish.
         await daemon.shutdown()
+        await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             config.socket.unlink()
 

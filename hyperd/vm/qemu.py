@@ -29,7 +29,7 @@ GUEST_DISK_SERIAL = "hyper-guest"
 # in getrandom() until the guest's CRNG is seeded, over a second under TCG.  The agent
 # then seeds the CRNG from the host (RNDADDENTROPY) for the containers.
 KERNEL_ARGS = (
-    "console=ttyS0 quiet pci=off reboot=t panic=-1 "
+    "console=ttyS0 8250.nr_uarts=1 quiet pci=off reboot=t panic=-1 "
     "root=/dev/vda rootfstype=erofs ro init=/init PYTHONHASHSEED=0"
 )
 QUIT_TIMEOUT = 2.0

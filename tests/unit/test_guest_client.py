@@ -14,7 +14,7 @@ from hyperstart import protocol
 from hyperstart.protocol import Kind
 
 READY = {"event": "ready", "versions": [1, 7], "capabilities": ["containers"], "agent": "t",
-         "boot": {"agent_start": 1.5, "agent_ready": 1.75}}
+         "boot": {"init_start": 1.5, "agent_ready": 1.75}}
 
 
 async def session(*frames: bytes, then: Any = None) -> tuple[AgentClient, socket.socket, list[ExitEvent]]:
