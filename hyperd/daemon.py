@@ -207,7 +207,7 @@ class Daemon:
             mark("agent_ready")
             info = client.info
             assert info is not None
-            container.timings["kernel_init"] = round(container.timings["agent_ready"] - info.agent_startup, 4)
+            container.timings["init_started"] = round(container.timings["agent_ready"] - info.agent_startup, 4)
             await client.request("init", {"time": time.time(), "entropy": base64.b64encode(os.urandom(64)).decode()})
             stdout, stderr = client.open_stream(), client.open_stream()
             pod.tasks = [asyncio.create_task(self._pump(container, 1, stdout)),

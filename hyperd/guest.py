@@ -57,10 +57,10 @@ class AgentInfo:
     version: int
     capabilities: frozenset[str]
     agent: str
-    kernel_to_init: float
-    """Guest seconds from kernel start to the kernel running init (the agent's process)."""
+    init_started: float
+    """Guest seconds from kernel start to /init's first statement (its interpreter is up)."""
     agent_startup: float
-    """Guest seconds from init's start (Python start-up and imports included) to the ready event."""
+    """Guest seconds from /init's first statement (imports included) to the ready event."""
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ class AgentClient:
             version=max(common),
             capabilities=frozenset(_text(c, "capability", 64) for c in capabilities),
             agent=_text(message.get("agent"), "agent version", 64),
-            kernel_to_init=start,
+            init_started=start,
             agent_startup=max(0.0, ready - start),
         )
         self.info = info

@@ -75,13 +75,6 @@ def uptime() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
-def process_start() -> float:
-    """Seconds after boot at which this process began: when the kernel ran init."""
-    with open("/proc/self/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
 class Reply:
     """The one answer a request gets, now or later."""
 
@@ -145,9 +138,9 @@ class Agent:
         self.selector.register(wake_read, selectors.EVENT_READ, lambda _mask: self.on_signal(wake_read))
         self.selector.register(port, selectors.EVENT_READ, self.on_port)
 
-    def serve(self) -> None:
+    def serve(self, started: float) -> None:
         self.event("ready", versions=list(VERSIONS), capabilities=list(CAPABILITIES), agent=AGENT_VERSION,
-                   boot={"init_start": process_start(), "agent_ready": uptime()})
+                   boot={"init_start": started, "agent_ready": uptime()})
         while self.running or self.pending:
             for key, mask in self.selector.select():
                 key.data(mask)
@@ -343,12 +336,13 @@ class Agent:
         reply.ok({})
 
 
-def main() -> None:
+def main(started: float) -> None:
+    """Serve until shutdown; ``started`` is the guest uptime at /init's first statement."""
     if os.getpid() == 1:
         mount_basics()
     port = os.open(find_port(), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        Agent(port).serve()
+        Agent(port).serve(started)
     except ProtocolError as err:
         print(f"hyperstart: protocol error from the host: {err}", file=sys.stderr)
     finally:

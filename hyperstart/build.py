@@ -43,10 +43,12 @@ print(json.dumps(files))
 """
 
 INIT = """#!/usr/bin/python3.11 -SsB
+import time
+started = time.clock_gettime(time.CLOCK_BOOTTIME)  # first: time is built in, nothing imported yet
 import sys
 sys.path.insert(0, "/usr/lib/hyperstart")
 from hyperstart.agent import main
-main()
+main(started)
 """
 
 

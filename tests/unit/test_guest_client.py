@@ -34,7 +34,7 @@ async def test_negotiates_the_highest_common_version() -> None:
     client, guest, _ = await session(event(READY))
     info = await asyncio.wait_for(client.ready(), 5)
     assert info.version == 1 and info.capabilities == {"containers"}
-    assert info.kernel_to_init == 1.5 and info.agent_startup == 0.25
+    assert info.init_started == 1.5 and info.agent_startup == 0.25
     await client.close()
     guest.close()
 
