@@ -33,23 +33,62 @@ KERNEL_ARGS = (
     "root=/dev/vda rootfstype=erofs ro init=/init PYTHONHASHSEED=0"
 )
 QUIT_TIMEOUT = 2.0
+CONSOLE_LIMIT = 1 << 20
+"""Bytes of guest console kept per log file; one older file is kept beside it."""
 
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
 
+class ConsoleLog:
+    """The guest console, drained by hyperd into a size-capped log (the guest is untrusted:
+    it must not be able to fill the host's disk by printing)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("ab")
+        self._size = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        if self._size + len(data) > CONSOLE_LIMIT:
+            self._file.close()
+            self.path.replace(self.path.with_name(self.path.name + ".1"))
+            self._file = self.path.open("wb")
+            self._size = 0
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class QemuVM:
-    def __init__(self, child: spawn.Child, agent: socket.socket, monitor: socket.socket, name: str) -> None:
+    def __init__(self, child: spawn.Child, agent: socket.socket, monitor: socket.socket, console: socket.socket,
+                 spec: VMSpec) -> None:
         self.child = child
         self.pid = child.pid
         self.agent = agent
         self._monitor_sock = monitor
-        self.qmp = QMPClient(name)
+        self._console_sock = console
+        self.qmp = QMPClient(spec.name)
+        self._console = asyncio.create_task(self._drain_console(ConsoleLog(spec.console_log)))
+
+    async def _drain_console(self, log: ConsoleLog) -> None:
+        reader, writer = await asyncio.open_connection(sock=self._console_sock)
+        try:
+            while data := await reader.read(1 << 16):
+                log.write(data)
+        finally:
+            log.close()
+            writer.close()
 
     async def connect_monitor(self) -> None:
         await self.qmp.connect(self._monitor_sock)
 
     async def wait(self) -> int:
         status = await self.child.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._console, QUIT_TIMEOUT)  # the console's last lines
         await self._close()
         return status
 
@@ -72,6 +111,7 @@ class QemuVM:
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
             await self.qmp.disconnect()
+        self._console.cancel()
         self.agent.close()
         self._monitor_sock.close()
 
@@ -108,7 +148,7 @@ class Qemu:
             "AcceleratorReason": self.accel.reason,
         }
 
-    def argv(self, spec: VMSpec, agent_fd: int, monitor_fd: int) -> list[str]:
+    def argv(self, spec: VMSpec, agent_fd: int, monitor_fd: int, console_fd: int) -> list[str]:
         kvm = self.accel.name == "kvm"
         argv = [
             self.binary, "-name", spec.name,
@@ -117,7 +157,7 @@ class Qemu:
             "-m", str(spec.memory_mib), "-smp", str(spec.vcpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(spec.kernel), "-append", KERNEL_ARGS,
-            "-chardev", f"file,id=console,path={spec.console_log}", "-serial", "chardev:console",
+            "-chardev", f"socket,id=console,fd={console_fd}", "-serial", "chardev:console",
         ]
         # The guest's own disk goes first so that it is /dev/vda, the root= above.
         disks = [(spec.guest_disk, GUEST_DISK_SERIAL, True)]
@@ -138,22 +178,19 @@ class Qemu:
 
     async def launch(self, spec: VMSpec) -> QemuVM:
         spec.workdir.mkdir(parents=True, exist_ok=True)
-        agent_host, agent_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        monitor_host, monitor_vm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        (agent_host, agent_vm), (monitor_host, monitor_vm), (console_host, console_vm) = pairs
+        vm_ends = (agent_vm.fileno(), monitor_vm.fileno(), console_vm.fileno())
         try:
-            child = await spawn.spawn(
-                self.argv(spec, agent_vm.fileno(), monitor_vm.fileno()),
-                log=spec.workdir / "qemu.log",
-                pass_fds=(agent_vm.fileno(), monitor_vm.fileno()),
-            )
+            child = await spawn.spawn(self.argv(spec, *vm_ends), log=spec.workdir / "qemu.log", pass_fds=vm_ends)
         except BaseException:
-            for sock in (agent_host, monitor_host):
+            for sock in (agent_host, monitor_host, console_host):
                 sock.close()
             raise
         finally:
-            agent_vm.close()
-            monitor_vm.close()
-        vm = QemuVM(child, agent_host, monitor_host, spec.name)
+            for sock in (agent_vm, monitor_vm, console_vm):
+                sock.close()
+        vm = QemuVM(child, agent_host, monitor_host, console_host, spec)
         try:
             await vm.connect_monitor()
         except BaseException:
