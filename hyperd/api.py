@@ -192,10 +192,8 @@ async def start_container(request: web.Request) -> web.Response:
 async def attach_container(request: web.Request) -> web.StreamResponse:
     daemon = _daemon(request)
     container = daemon.get(request.match_info["id"])
-    wanted = {1} if _flag(request, "stdout") else set()
-    if _flag(request, "stderr"):
-        wanted.add(2)
-    queue = daemon.subscribe(container)
+    wanted = {n for n, key in ((1, "stdout"), (2, "stderr")) if _flag(request, key)} or {1, 2}
+    queue, _offset = daemon.subscribe(container)
     response = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
     try:
         await response.prepare(request)
@@ -230,6 +228,8 @@ async def kill_container(request: web.Request) -> web.Response:
         number = int(name) if name.isdigit() else signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
     except (KeyError, ValueError) as err:
         raise errors.InvalidArgument(f"invalid signal: {name}") from err
+    if not 1 <= number <= signal.SIGRTMAX:
+        raise errors.InvalidArgument(f"invalid signal: {name}")
     await _daemon(request).kill(request.match_info["id"], int(number))
     return web.Response(status=204)
 
@@ -254,17 +254,16 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
     wanted = {n for n, key in ((1, "stdout"), (2, "stderr")) if _flag(request, key)} or {1, 2}
     stamps = _flag(request, "timestamps")
     tail = request.query.get("tail", "all")
+    if tail != "all" and not tail.isdigit():
+        raise errors.InvalidArgument(f"invalid tail {tail!r}: a number or 'all'")
     follow = _flag(request, "follow") and container.state == ContainerState.RUNNING
-    queue = daemon.subscribe(container) if follow else None
+    queue, offset = daemon.subscribe(container) if follow else (None, None)
     response = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
     try:
         await response.prepare(request)
-        entries = [e for e in logs.read(daemon.log_path(container)) if e.stream in wanted]
+        entries = [e for e in logs.read(daemon.log_path(container), offset) if e.stream in wanted]
         if tail != "all":
-            try:
-                entries = entries[-int(tail):] if int(tail) > 0 else []
-            except ValueError as err:
-                raise errors.InvalidArgument(f"invalid tail {tail!r}") from err
+            entries = entries[-int(tail):] if int(tail) > 0 else []
         for entry in entries:
             prefix = f"{entry.time} ".encode() if stamps else b""
             await response.write(_frame(entry.stream, prefix + entry.data))

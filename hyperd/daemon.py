@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -29,6 +30,10 @@ from hyperd.vm import Disk, VMSpec
 from hyperd.vm.qemu import Qemu, QemuVM
 
 CONSOLE_TAIL = 20
+MAX_PROCESS_SPEC = 128 << 10
+"""Bytes of command and environment a container may have (the agent's messages are bounded)."""
+SUBSCRIBER_BACKLOG = 64
+"""Output chunks a slow attach or logs client may lag behind before the container waits for it."""
 SHUTDOWN_TIMEOUT = 5.0
 ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nimble",
               "proud", "quiet", "swift", "tender", "vivid", "witty", "zealous")
@@ -76,7 +81,7 @@ class Daemon:
                 container.finished = container.finished or time.time()
                 self.db.save(container)
             self._track(container)
-            if container.state != ContainerState.RUNNING:
+            if container.state == ContainerState.EXITED:
                 self.finished[container.id].set()
 
     async def shutdown(self) -> None:
@@ -132,6 +137,8 @@ class Daemon:
         spec = _resolve_spec(image_ref, image, cmd, entrypoint, env, workdir, user, autoremove)
         if not spec.args:
             raise errors.InvalidArgument("no command specified")
+        if len(json.dumps([spec.args, spec.env, spec.workdir, spec.user])) > MAX_PROCESS_SPEC:
+            raise errors.InvalidArgument(f"command and environment exceed {MAX_PROCESS_SPEC >> 10} KiB")
         container = Container(id=secrets.token_hex(32), name=name or self._generate_name(), spec=spec)
         self.db.save(container)
         self._track(container)
@@ -254,8 +261,9 @@ class Daemon:
         try:
             while data := await stream.read():
                 log.write(stream_no, data)
-                for queue in self.subscribers[container.id]:
-                    queue.put_nowait((stream_no, data))
+                # A slow client holds the container back (as a full pipe would), never hyperd's memory.
+                for queue in list(self.subscribers[container.id]):
+                    await queue.put((stream_no, data))
         finally:
             log.close()
 
@@ -291,7 +299,7 @@ class Daemon:
         """The container is done running (or never got going): record it, end its streams, wake waiters."""
         self.db.save(container)
         for queue in self.subscribers[container.id]:
-            queue.put_nowait(None)
+            _close_stream(queue)
         self.finished[container.id].set()
 
     async def _teardown(self, pod: Pod) -> None:
@@ -315,9 +323,10 @@ class Daemon:
             pod.stopping = True
         try:
             await pod.client.request("signal", {"id": container.id, "signal": sig})
-        except errors.HyperError:
-            if sig == signal.SIGKILL:
-                await pod.vm.kill()
+        except errors.GuestError:
+            if sig != signal.SIGKILL:
+                raise
+            await pod.vm.kill()
 
     async def stop(self, ref: str, timeout: float | None) -> bool:
         """False when the container was not running (docker's 304)."""
@@ -380,13 +389,18 @@ class Daemon:
 
     # -- output -------------------------------------------------------------------------
 
-    def subscribe(self, container: Container) -> Subscriber:
-        queue: Subscriber = asyncio.Queue()
+    def subscribe(self, container: Container) -> tuple[Subscriber, int]:
+        """A queue of the output from now on, and the log's size now: together they miss and repeat nothing."""
+        queue: Subscriber = asyncio.Queue(SUBSCRIBER_BACKLOG)
         self.subscribers[container.id].append(queue)
         if self.finished[container.id].is_set() and container.state != ContainerState.RUNNING \
                 and container.started:
-            queue.put_nowait(None)
-        return queue
+            _close_stream(queue)
+        try:
+            offset = self.log_path(container).stat().st_size
+        except FileNotFoundError:
+            offset = 0
+        return queue, offset
 
     def unsubscribe(self, container: Container, queue: Subscriber) -> None:
         with contextlib.suppress(ValueError, KeyError):
@@ -431,6 +445,16 @@ def _resolve_spec(image_ref: str, image: Image, cmd: list[str] | None, entrypoin
         user=user or config.user or "", autoremove=autoremove, cmd=tuple(final_cmd),
         entrypoint=tuple(final_entrypoint),
     )
+
+
+def _close_stream(queue: Subscriber) -> None:
+    """End a subscriber's stream, dropping its backlog if it is full (it is finished anyway)."""
+    while True:
+        try:
+            queue.put_nowait(None)
+            return
+        except asyncio.QueueFull:
+            queue.get_nowait()
 
 
 def _validate_name(name: str) -> None:

@@ -24,7 +24,6 @@ from hyperstart.protocol import (
     Decoder,
     Frame,
     Kind,
-    ProtocolError,
     decode_message,
     encode_message,
     encode_window,
@@ -32,6 +31,8 @@ from hyperstart.protocol import (
 
 MAX_TEXT = 4096
 MAX_LIST = 64
+REQUEST_TIMEOUT = 60.0
+"""Seconds the agent has to answer a request; a guest that stops answering is ended."""
 
 
 def _text(value: Any, what: str, limit: int = MAX_TEXT) -> str:
@@ -109,7 +110,7 @@ class AgentClient:
         self._decoder = Decoder()
         self._ids = itertools.count(1)
         self._stream_ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._streams: dict[int, Stream] = {}
         self._ready: asyncio.Future[AgentInfo] = asyncio.get_running_loop().create_future()
         self._writer: asyncio.StreamWriter | None = None
@@ -138,15 +139,23 @@ class AgentClient:
         self._streams[stream.id] = stream
         return stream
 
-    async def request(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def request(self, op: str, args: dict[str, Any] | None = None,
+                      timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        """Send a request and wait for its reply.
+
+        An error reply of ``container.start`` is ``StartFailed`` (it carries the exit code
+        docker would give); of any other operation, ``GuestError``.
+        """
         if self.error is not None:
             raise GuestError(f"agent connection is down: {self.error}")
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        self._pending[request_id] = (op, future)
         self.send_raw(encode_message(Kind.REQUEST, {"id": request_id, "op": op, "args": args or {}}))
         try:
-            return await future
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise GuestError(f"the guest agent did not answer {op} within {timeout:.0f}s") from None
         finally:
             self._pending.pop(request_id, None)
 
@@ -166,14 +175,16 @@ class AgentClient:
                 for frame in self._decoder.feed(data):
                     self._dispatch(frame)
             raise GuestError("agent channel closed")
-        except (ProtocolError, GuestError, OSError) as err:
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # whatever the guest did, the session ends cleanly
             self._fail(err if isinstance(err, GuestError) else GuestError(f"agent protocol violation: {err}"))
 
     def _fail(self, err: GuestError) -> None:
         self.error = err
         if not self._ready.done():
             self._ready.set_exception(err)
-        for future in self._pending.values():
+        for _op, future in self._pending.values():
             if not future.done():
                 future.set_exception(err)
         for stream in self._streams.values():
@@ -201,16 +212,17 @@ class AgentClient:
 
     def _reply(self, message: dict[str, Any]) -> None:
         request_id = _int(message.get("id"), "reply id", 1, 2**53)
-        future = self._pending.get(request_id)
-        if future is None:
+        pending = self._pending.get(request_id)
+        if pending is None:
             raise GuestError(f"agent replied to request {request_id}, which is not pending")
+        op, future = pending
         if "error" in message:
             error = message["error"]
             if not isinstance(error, dict):
                 raise GuestError("agent sent an invalid error reply")
             code = _int(error.get("code"), "error code", 1, 255)
             text = _text(error.get("message"), "error message")
-            future.set_exception(StartFailed(text, code))
+            future.set_exception(StartFailed(text, code) if op == "container.start" else GuestError(f"{op}: {text}"))
         else:
             result = message.get("result")
             if not isinstance(result, dict):

@@ -49,11 +49,12 @@ class JsonFileLog:
         self._file.close()
 
 
-def read(path: Path) -> Iterator[Entry]:
+def read(path: Path, limit: int | None = None) -> Iterator[Entry]:
+    """The entries in the first ``limit`` bytes of the log (all of it by default)."""
     streams = {name: number for number, name in STREAMS.items()}
     try:
         with path.open("rb") as f:
-            for line in f:
+            for line in f.read(limit if limit is not None else -1).splitlines():
                 try:
                     record = json.loads(line)
                     yield Entry(streams[record["stream"]], record["log"].encode(), record["time"])

@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # the guest pays for every import: typing only for the checke
     Handler = Callable[[dict[str, Any], "Reply"], None]
 
 AGENT_VERSION = "0.1.0"
+MAX_ERROR = 2048
+"""Characters of an error message sent to the host (which refuses longer ones)."""
 CAPABILITIES = ("containers", "signals", "stdio")
 
 
@@ -86,7 +88,7 @@ class Reply:
         self.agent.send(encode_message(Kind.REPLY, {"id": self.request_id, "result": result}))
 
     def fail(self, code: int, message: str) -> None:
-        error = {"code": code, "message": message}
+        error = {"code": code, "message": message[:MAX_ERROR]}
         self.agent.send(encode_message(Kind.REPLY, {"id": self.request_id, "error": error}))
 
 
@@ -122,6 +124,7 @@ class Agent:
         self.decoder = Decoder()
         self.pending = bytearray()
         self.running = True
+        self.host_seen = False
         self.images = container.Images()
         self.containers: dict[str, container.Container] = {}
         self.processes: dict[int, Process] = {}
@@ -172,6 +175,14 @@ class Agent:
                 data = os.read(self.port, 1 << 16)
             except BlockingIOError:
                 return
+            if not data:
+                if not self.host_seen:  # the port polls as hung up until the host side opens
+                    time.sleep(0.005)
+                    return
+                self.running = False  # hyperd went away: nobody is left to serve
+                self.pending.clear()
+                return
+            self.host_seen = True
             for frame in self.decoder.feed(data):
                 self.dispatch(frame)
 
@@ -186,9 +197,9 @@ class Agent:
             try:
                 handler(message.get("args") or {}, reply)
             except container.StartError as err:
-                reply.fail(err.code, str(err))
-            except (OSError, LookupError, TypeError, ValueError) as err:
-                reply.fail(125, f"{message.get('op')}: {err}")
+                reply.fail(err.code, str(err)[:MAX_ERROR])
+            except Exception as err:  # a bad request must not end the agent
+                reply.fail(125, f"{message.get('op')}: {err}"[:MAX_ERROR])
         elif frame.kind == Kind.WINDOW:
             out = self.outputs.get(frame.stream)
             if out is not None and out.open:
@@ -305,15 +316,18 @@ class Agent:
         def on_errors(_mask: int) -> None:
             # EOF with nothing said means the main process exec'd: the start succeeded.
             chunk = os.read(errors_r, 4096)
-            if chunk and len(process.error) < 4096:
-                process.error += chunk
+            if chunk:
+                process.error += chunk[: max(0, 8192 - len(process.error))]
                 return
             self.selector.unregister(errors_r)
             os.close(errors_r)
             process.errors = -1
             if process.error:
-                failure = json.loads(bytes(process.error))
-                reply.fail(int(failure["code"]), str(failure["message"]))
+                try:
+                    failure = json.loads(bytes(process.error))
+                    reply.fail(int(failure["code"]), str(failure["message"]))
+                except (ValueError, KeyError, TypeError):
+                    reply.fail(125, "container setup failed: " + process.error.decode(errors="replace"))
             else:
                 reply.ok({"pid": box.pid})
             self.check_all()

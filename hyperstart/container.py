@@ -268,6 +268,6 @@ def spawn(container: Container, spec: ProcessSpec, stdio: tuple[int, int, int], 
 
 def _report(errors: int, code: int, message: str) -> None:
     try:
-        os.write(errors, json.dumps({"code": code, "message": message}).encode())
+        os.write(errors, json.dumps({"code": code, "message": message[:2000]}).encode())
     finally:
         os._exit(code)

@@ -97,8 +97,8 @@ def decode_message(frame: Frame) -> dict[str, Any]:
         raise ProtocolError(f"{frame.kind.name} message of {len(frame.payload)} bytes exceeds {MAX_MESSAGE}")
     try:
         message = json.loads(frame.payload)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ProtocolError(f"{frame.kind.name} message is not JSON: {err}") from err
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ProtocolError(f"{frame.kind.name} message is not JSON: {type(err).__name__}") from err
     if not isinstance(message, dict):
         raise ProtocolError(f"{frame.kind.name} message is not a JSON object")
     return message

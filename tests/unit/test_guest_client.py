@@ -109,3 +109,34 @@ async def test_window_overrun_is_a_violation() -> None:
     await asyncio.gather(sender, return_exceptions=True)
     assert isinstance(client.error, GuestError) and "window" in str(client.error)
     guest.close()
+
+
+async def test_deeply_nested_json_ends_the_session_instead_of_hanging() -> None:
+    client, guest, _ = await session(event(READY))
+    await client.ready()
+    pending = asyncio.ensure_future(client.request("init"))
+    guest.sendall(protocol.encode(Kind.REPLY, 0, b"[" * 100000))
+    with pytest.raises(GuestError, match="protocol violation"):
+        await asyncio.wait_for(pending, 5)
+    guest.close()
+
+
+async def test_a_silent_agent_times_out() -> None:
+    client, guest, _ = await session(event(READY))
+    await client.ready()
+    with pytest.raises(GuestError, match="did not answer init"):
+        await client.request("init", timeout=0.2)
+    await client.close()
+    guest.close()
+
+
+async def test_only_start_failures_carry_an_exit_code() -> None:
+    client, guest, _ = await session(event(READY))
+    await client.ready()
+    pending = asyncio.ensure_future(client.request("signal", {}))
+    await asyncio.sleep(0.05)
+    guest.sendall(protocol.encode_message(Kind.REPLY, {"id": 1, "error": {"code": 125, "message": "no such"}}))
+    with pytest.raises(GuestError, match="signal: no such"):
+        await asyncio.wait_for(pending, 5)
+    await client.close()
+    guest.close()
