@@ -27,7 +27,7 @@ from hyperd.guest import AgentClient, ExitEvent, Stream
 from hyperd.image.store import Image, ImageStore
 from hyperd.state import Container, ContainerSpec, ContainerState, Database
 from hyperd.vm import Disk, VMSpec
-from hyperd.vm.qemu import Qemu, QemuVM
+from hyperd.vm.qemu import Qemu, QemuVM, qemu_log_tail
 
 CONSOLE_TAIL = 20
 MAX_PROCESS_SPEC = 128 << 10
@@ -247,13 +247,17 @@ class Daemon:
         if ready in done and ready.exception() is None:
             return
         ready.cancel()
-        if died in done or pod.vm.child.returncode is not None:
+        if ready in done:
+            # The channel closing is usually QEMU going: give it a moment to say so.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pod.vm.child.wait()), 1.0)
+        if pod.vm.child.returncode is not None:
             reason = f"the VM exited with status {pod.vm.child.returncode} before its agent was ready"
         elif ready in done:
             reason = f"the guest agent failed: {ready.exception()}"
         else:
             reason = f"the guest agent did not answer within {self.config.boot_timeout:.0f}s"
-        console = _tail(spec.console_log, CONSOLE_TAIL) or _tail(spec.workdir / "qemu.log", CONSOLE_TAIL)
+        console = _tail(spec.console_log, CONSOLE_TAIL) or qemu_log_tail(spec.workdir, CONSOLE_TAIL)
         raise errors.BootFailed(f"guest boot failed: {reason}", console, pod.vm.child.argv)
 
     async def _pump(self, container: Container, stream_no: int, stream: Stream) -> None:
@@ -304,7 +308,8 @@ class Daemon:
 
     async def _teardown(self, pod: Pod) -> None:
         """Ask the agent to power off; QMP quit or SIGKILL when it does not."""
-        if pod.vm.child.returncode is None and pod.client.error is None:
+        # Only an agent that came up can be asked to shut down; otherwise go straight to QEMU.
+        if pod.vm.child.returncode is None and pod.client.error is None and pod.client.info is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pod.client.request("shutdown"), SHUTDOWN_TIMEOUT)
             with contextlib.suppress(TimeoutError):

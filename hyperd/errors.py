@@ -58,11 +58,12 @@ class HypervisorMissing(VMError):
 
 
 class BootFailed(VMError):
-    """The guest did not reach a ready agent; ``console`` holds the last lines it printed."""
+    """The guest did not reach a ready agent; ``console`` holds the last lines of the guest
+    console (or of QEMU's own log when QEMU failed before the guest ran)."""
 
     def __init__(self, message: str, console: list[str], argv: list[str] | None = None) -> None:
         tail = "\n".join(console)
-        super().__init__(f"{message}\n--- last {len(console)} lines of the guest console ---\n{tail}"
+        super().__init__(f"{message}\n--- its last {len(console)} lines of output ---\n{tail}"
                          if console else message)
         self.console = console
         self.argv = argv or []

@@ -184,6 +184,7 @@ class AgentClient:
         self.error = err
         if not self._ready.done():
             self._ready.set_exception(err)
+            self._ready.exception()  # nobody may be waiting any more (a boot that timed out): not an error
         for _op, future in self._pending.values():
             if not future.done():
                 future.set_exception(err)

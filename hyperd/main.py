@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -34,6 +35,21 @@ def _lock(root: Path) -> int:
     return fd
 
 
+def _claim_socket(path: Path) -> None:
+    """Remove a stale socket file; refuse one that a live daemon (of any root) answers on."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except FileNotFoundError:
+        return
+    except ConnectionRefusedError:
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise HyperError(f"another daemon is already serving unix://{path}: choose another --host")
+
+
 async def serve(config: Config) -> None:
     # Imported here so that `hyperd --help` and lock errors stay fast.
     from aiohttp import web
@@ -43,6 +59,8 @@ async def serve(config: Config) -> None:
     from hyperd.image.store import ImageStore
     from hyperd.vm.qemu import Qemu
 
+    config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _claim_socket(config.socket)
     hypervisor = await Qemu.detect(config.kernel, config.guest_disk, config.cache)
     if hypervisor.accel.name == "tcg":
         log.warning("using TCG (software emulation), not KVM: %s", hypervisor.accel.reason)
@@ -52,9 +70,6 @@ async def serve(config: Config) -> None:
     runner = web.AppRunner(application(daemon), access_log=None, handle_signals=False, handler_cancellation=True,
                            shutdown_timeout=5)
     await runner.setup()
-    config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(FileNotFoundError):
-        config.socket.unlink()  # stale: we hold the root's lock, so no live daemon owns it
     old_umask = os.umask(0o177)
     try:
         site = web.UnixSite(runner, str(config.socket))

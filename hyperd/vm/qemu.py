@@ -18,7 +18,7 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 from hyperd import spawn
-from hyperd.errors import HypervisorMissing
+from hyperd.errors import BootFailed, HypervisorMissing
 from hyperd.vm import VMSpec
 from hyperd.vm.accel import Accelerator, probe
 from hyperstart.protocol import PORT_NAME
@@ -193,6 +193,10 @@ class Qemu:
         vm = QemuVM(child, agent_host, monitor_host, console_host, spec)
         try:
             await vm.connect_monitor()
+        except Exception as err:
+            await vm.kill()
+            raise BootFailed(f"guest boot failed: QEMU exited before it was ready (status {child.returncode})",
+                             qemu_log_tail(spec.workdir, 20), child.argv) from err
         except BaseException:
             await vm.kill()
             raise

@@ -1,0 +1,114 @@
+"""Detached containers through ps, logs, stop and rm; Ctrl-C on a foreground run."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+
+from tests.integration.conftest import CLI_TIMEOUT, Hyper, lines, ps_row, wait_for
+
+INTERRUPT_TIMEOUT = 30.0
+"""Ctrl-C stops the container with SIGTERM; it traps it and exits at once."""
+
+
+def test_detached_container_through_ps_logs_stop_and_rm(hyper: Hyper) -> None:
+    started = hyper("run", "-d", "--name", "web", "busybox", "sh", "-c", "echo one; echo two; exec sleep 1000")
+    assert started.returncode == 0, started.stderr
+    assert re.fullmatch(r"[0-9a-f]{64}\n", started.stdout), started.stdout
+    cid = started.stdout.strip()
+
+    ps = hyper("ps")
+    assert ps.returncode == 0, ps.stderr
+    row = ps_row(ps.stdout, "web")
+    assert row.startswith(cid[:12])
+    assert " Up " in row
+    assert hyper("ps", "-q").stdout == f"{cid[:12]}\n"
+    assert hyper("ps", "-q", "--no-trunc").stdout == f"{cid}\n"
+
+    wait_for(lambda: hyper("logs", "web").stdout == "one\ntwo\n", 10, "the running container's logs")
+
+    refused = hyper("rm", "web")
+    assert refused.returncode == 125
+    [line] = lines(refused.stderr)
+    assert line.startswith("hyper: ") and "web" in line
+    assert hyper("ps", "-q").stdout == f"{cid[:12]}\n"
+
+    stopped = hyper("stop", "web")
+    assert (stopped.returncode, stopped.stdout, stopped.stderr) == (0, "web\n", "")
+    assert hyper("ps", "-q").stdout == ""
+    row = ps_row(hyper("ps", "-a").stdout, "web")
+    assert " Exited (143) " in row, row
+    hyper.daemon.assert_no_qemu("after stop")
+
+    # The logs outlive the container's run.
+    logs = hyper("logs", "web")
+    assert (logs.returncode, logs.stdout, logs.stderr) == (0, "one\ntwo\n", "")
+    tail = hyper("logs", "--tail", "1", "web")
+    assert (tail.returncode, tail.stdout) == (0, "two\n"), tail.stderr
+
+    removed = hyper("rm", "web")
+    assert (removed.returncode, removed.stdout, removed.stderr) == (0, "web\n", "")
+    assert hyper("ps", "-aq").stdout == ""
+    gone = hyper("logs", "web")
+    assert gone.returncode == 125
+    assert "No such container" in gone.stderr
+
+
+def test_stop_of_an_exited_container_is_fine(hyper: Hyper) -> None:
+    done = hyper("run", "--name", "done", "busybox", "true")
+    assert done.returncode == 0, done.stderr
+    stopped = hyper("stop", "done")
+    assert (stopped.returncode, stopped.stdout) == (0, "done\n"), stopped.stderr
+    assert " Exited (0) " in ps_row(hyper("ps", "-a").stdout, "done")
+
+
+def test_rm_force_removes_a_running_container_and_its_vm(hyper: Hyper) -> None:
+    started = hyper("run", "-d", "--name", "victim", "busybox", "sleep", "1000")
+    assert started.returncode == 0, started.stderr
+    assert hyper.daemon.qemus(), "no QEMU for the running container"
+    removed = hyper("rm", "-f", "victim")
+    assert (removed.returncode, removed.stdout, removed.stderr) == (0, "victim\n", "")
+    assert hyper("ps", "-aq").stdout == ""
+    hyper.daemon.assert_no_qemu("after rm -f")
+
+
+def _read_until(process: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
+    """What ``process`` printed on stdout up to and including ``marker``; fails after ``timeout``."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no {marker!r} within {timeout:.0f}s; got {seen!r}")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise AssertionError(f"stdout closed before {marker!r}; got {seen!r}")
+        seen += chunk
+    return seen
+
+
+def test_ctrl_c_stops_the_container_and_reports_its_status(hyper: Hyper) -> None:
+    script = 'trap "exit 3" TERM; echo ready; while true; do sleep 0.1; done'
+    process = subprocess.Popen(
+        [hyper.daemon.cli, "run", "--name", "ctrlc", "busybox", "sh", "-c", script],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=hyper.daemon.cli_env(),
+    )
+    try:
+        assert _read_until(process, b"ready\n", CLI_TIMEOUT) == b"ready\n"
+        process.send_signal(signal.SIGINT)
+        status = process.wait(INTERRUPT_TIMEOUT)
+        stdout, stderr = process.communicate()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert status == 3, stderr.decode(errors="replace")
+    assert (stdout, stderr) == (b"", b"")
+    assert " Exited (3) " in ps_row(hyper("ps", "-a").stdout, "ctrlc")
+    hyper.daemon.assert_no_qemu("after Ctrl-C")
