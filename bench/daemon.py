@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import host
 from measure import BenchError, timed
 
 READY_TIMEOUT = 120.0
@@ -104,17 +105,11 @@ class Hyperd:
         They are found by their argv naming a file under our own root, so nothing else matches.
         """
         marker = str(self.root).encode() + b"/"
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker in cmdline and b"qemu-system" in cmdline.split(b"\0")[0]:
-                print(f"[bench] killing QEMU {entry.name} left behind by hyperd", file=sys.stderr)
+        for pid, cmdline in host.qemu_processes():
+            if marker in cmdline:
+                print(f"[bench] killing QEMU {pid} left behind by hyperd", file=sys.stderr)
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry.name), signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -27,9 +27,8 @@ def facts() -> dict[str, str]:
     }
 
 
-def other_vms(own: Path) -> list[int]:
-    """Pids of QEMU processes that are not the bench's own: they compete for the same cores."""
-    marker = str(own).encode()
+def qemu_processes() -> list[tuple[int, bytes]]:
+    """Pid and NUL-separated command line of every QEMU process on the host."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -38,9 +37,15 @@ def other_vms(own: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in cmdline.split(b"\0")[0] and marker not in cmdline:
-            found.append(int(entry.name))
+        if b"qemu-system" in cmdline.split(b"\0")[0]:
+            found.append((int(entry.name), cmdline))
     return sorted(found)
+
+
+def other_vms(own: Path) -> list[int]:
+    """Pids of QEMU processes that are not the bench's own: they compete for the same cores."""
+    marker = str(own).encode()
+    return [pid for pid, cmdline in qemu_processes() if marker not in cmdline]
 
 
 def load_average() -> str:

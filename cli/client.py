@@ -13,7 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from typing import IO, Any
+from typing import IO, Any, Self
 from urllib.parse import quote, urlencode
 
 from cli.errors import APIError, DaemonUnreachable, HyperError
@@ -52,11 +52,27 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class Stream:
+class _Held:
+    """A request whose connection stays open until it is closed (or its ``with`` ends)."""
+
+    def __init__(self, conn: http.client.HTTPConnection) -> None:
+        self._conn = conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Stream(_Held):
     """A streamed response body (attach, logs); closes its connection when done."""
 
     def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
-        self._conn = conn
+        super().__init__(conn)
         self._response = response
 
     @property
@@ -77,15 +93,6 @@ class Stream:
             return self._response.read1(size)
         except (http.client.HTTPException, OSError) as err:
             raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _reason(err: BaseException) -> str:
@@ -148,24 +155,12 @@ def _flag(value: bool) -> str:
     return "1" if value else "0"
 
 
-class Pending:
+class Pending(_Held):
     """A JSON request already sent whose answer is read on demand."""
-
-    def __init__(self, conn: http.client.HTTPConnection) -> None:
-        self._conn = conn
 
     def result(self) -> Any:
         """The decoded answer, blocking until it comes."""
         return _json_answer(self._conn, _answer(self._conn))
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def __enter__(self) -> Pending:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Client:
