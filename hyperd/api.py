@@ -119,7 +119,7 @@ def _inspect(container: Container) -> dict[str, Any]:
             "Status": str(container.state),
             "Running": container.state == ContainerState.RUNNING,
             "ExitCode": container.exit_code,
-            "Error": container.error,
+            "Error": container.error or container.log_error,
             "StartedAt": _iso(container.started),
             "FinishedAt": _iso(container.finished),
             "Pid": container.vm_pid if container.state == ContainerState.RUNNING else 0,

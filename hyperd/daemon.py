@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -28,6 +29,8 @@ from hyperd.image.store import Image, ImageStore
 from hyperd.state import Container, ContainerSpec, ContainerState, Database
 from hyperd.vm import Disk, VMSpec
 from hyperd.vm.qemu import Qemu, QemuVM, qemu_log_tail
+
+log = logging.getLogger("hyperd")
 
 CONSOLE_TAIL = 20
 MAX_PROCESS_SPEC = 128 << 10
@@ -161,6 +164,7 @@ class Daemon:
             return container
         container.transition(ContainerState.RUNNING, "start")
         container.error = ""
+        container.log_error = ""
         container.timings = {}
         self.finished[container.id].clear()
         begun = time.monotonic()
@@ -177,7 +181,7 @@ class Daemon:
                 container.exit_code = err.exit_code
             self._finish(container)
             if container.spec.autoremove:
-                await self._remove(container)
+                await self._autoremove(container)
             raise
         container.started = time.time()
         container.vm_pid = pod.vm.pid
@@ -264,7 +268,11 @@ class Daemon:
         log = logs.JsonFileLog(self.container_dir(container) / f"{container.id}-json.log")
         try:
             while data := await stream.read():
-                log.write(stream_no, data)
+                try:
+                    log.write(stream_no, data)
+                except OSError as err:
+                    # A full disk loses log lines, not the container: keep draining and delivering.
+                    container.log_error = container.log_error or f"logging failed: {err.strerror or err}"
                 # A slow client holds the container back (as a full pipe would), never hyperd's memory.
                 for queue in list(self.subscribers[container.id]):
                     await queue.put((stream_no, data))
@@ -297,11 +305,15 @@ class Daemon:
             container.finished = time.time()
             self._finish(container)
             if container.spec.autoremove:
-                await self._remove(container)
+                await self._autoremove(container)
 
     def _finish(self, container: Container) -> None:
         """The container is done running (or never got going): record it, end its streams, wake waiters."""
-        self.db.save(container)
+        try:
+            self.db.save(container)
+        except errors.StorageError as err:
+            # The exit is still known here and is reported; only its record on disk is missing.
+            log.warning("%s", err)
         for queue in self.subscribers[container.id]:
             _close_stream(queue)
         self.finished[container.id].set()
@@ -382,11 +394,22 @@ class Daemon:
                 return
         await self._remove(container)
 
+    async def _autoremove(self, container: Container) -> None:
+        """``--rm`` after the container is done; a failure is logged, and waiters are released anyway."""
+        try:
+            await self._remove(container)
+        except errors.HyperError as err:
+            log.warning("could not remove %s: %s", container.name, err)
+            self.removed[container.id].set()
+
     async def _remove(self, container: Container) -> None:
         if container.id not in self.containers:
             return
         container.transition(ContainerState.REMOVING, "remove")
-        self.db.save(container)
+        # Best effort: on a full disk, removing is what frees space, so it must not depend on
+        # a write first (after a crash, an unrecorded removal is simply done again).
+        with contextlib.suppress(errors.StorageError):
+            self.db.save(container)
         await asyncio.to_thread(shutil.rmtree, self.container_dir(container), True)
         self.db.delete(container.id)
         del self.containers[container.id]

@@ -10,6 +10,7 @@ the CLI prints.  The tree::
     ├── Conflict               a name in use, removing a running one    (409)
     │   └── StateError         an operation the object's state forbids
     ├── StartFailed            the container's command could not run (exit code 126/127)
+    ├── StorageError           hyperd could not write its state (a full disk, say) (500)
     └── VMError                the hypervisor or guest failed           (500)
         ├── HypervisorMissing  QEMU or the guest kernel/disk is not installed
         ├── BootFailed         the guest did not come up; carries the console tail
@@ -47,6 +48,10 @@ class StartFailed(HyperError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class StorageError(HyperError):
+    """hyperd could not record its state on disk."""
 
 
 class VMError(HyperError):

@@ -32,18 +32,17 @@ class JsonFileLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("ab")
+        # Unbuffered: each chunk is one write(2) that lands or fails (ENOSPC) as a whole,
+        # leaving nothing half-buffered to fail again later.
+        self._file = path.open("ab", buffering=0)
 
-    def write(self, stream: int, data: bytes) -> list[Entry]:
+    def write(self, stream: int, data: bytes) -> None:
         """Append ``data`` as one entry per line (a trailing partial line is an entry too)."""
         now = timestamp()
-        entries = [Entry(stream, line, now) for line in data.splitlines(keepends=True)]
         self._file.write(b"".join(
-            json.dumps({"log": e.data.decode(errors="replace"), "stream": STREAMS[stream], "time": e.time}).encode()
-            + b"\n" for e in entries
+            json.dumps({"log": line.decode(errors="replace"), "stream": STREAMS[stream], "time": now}).encode()
+            + b"\n" for line in data.splitlines(keepends=True)
         ))
-        self._file.flush()
-        return entries
 
     def close(self) -> None:
         self._file.close()

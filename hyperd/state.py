@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyperd.errors import StateError
+from hyperd.errors import StateError, StorageError
 
 
 class ContainerState(enum.StrEnum):
@@ -60,6 +60,9 @@ class Container:
     state: ContainerState = ContainerState.CREATED
     exit_code: int = 0
     error: str = ""
+    """Why the run failed, when it was not the command's own doing (the VM died, ...)."""
+    log_error: str = ""
+    """Why some of the output is missing from the log (a full disk, ...); the run itself went on."""
     created: float = field(default_factory=time.time)
     started: float = 0.0
     finished: float = 0.0
@@ -85,14 +88,22 @@ class Database:
     def save(self, container: Container) -> None:
         record = asdict(container)
         record["state"] = str(container.state)
-        self._db.execute(
-            "INSERT INTO containers (id, name, record) VALUES (?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET name = excluded.name, record = excluded.record",
-            (container.id, container.name, json.dumps(record)),
-        )
+        try:
+            self._db.execute(
+                "INSERT INTO containers (id, name, record) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET name = excluded.name, record = excluded.record",
+                (container.id, container.name, json.dumps(record)),
+            )
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as err:
+            raise StorageError(f"cannot record container {container.name}: {err}") from err
 
     def delete(self, container_id: str) -> None:
-        self._db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+        try:
+            self._db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+        except sqlite3.Error as err:
+            raise StorageError(f"cannot forget container {container_id[:12]}: {err}") from err
 
     def load(self) -> list[Container]:
         rows = self._db.execute("SELECT record FROM containers").fetchall()

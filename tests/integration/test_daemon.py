@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,32 @@ def test_guest_boot_failure_is_one_clear_error_and_leaks_nothing(
             assert _qemu_refuses(kernel) in result.stderr
         assert daemon.hyper("ps", "-aq").stdout == ""
         daemon.assert_no_qemu("after the failed boot")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs: room for busybox and a VM's files, not for much logging."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_loses_log_lines_not_output_or_the_container(small_disk: Path,
+                                                                  make_daemon: DaemonFactory) -> None:
+    daemon = make_daemon(root=small_disk / "root", start=False)
+    daemon.import_busybox()
+    daemon.start()
+    # ~2.7 MB of output is ~28 MB of json-file log: the disk fills part way through.
+    run = daemon.hyper("run", "--name", "chatty", "busybox", "seq", "1", "400000")
+    assert run.returncode == 0, run.stderr
+    numbers = run.stdout.splitlines()
+    assert len(numbers) == 400000 and numbers[-1] == "400000"
+    state = json.loads(daemon.hyper("inspect", "chatty").stdout)[0]["State"]
+    assert state["ExitCode"] == 0
+    assert "logging failed" in state["Error"] and "No space left" in state["Error"]
+    assert daemon.hyper("rm", "chatty").returncode == 0
+    assert daemon.hyper("run", "--rm", "busybox", "echo", "still here").stdout == "still here\n"
