@@ -219,7 +219,10 @@ class Daemon:
             info = client.info
             assert info is not None
             container.timings["init_started"] = round(container.timings["agent_ready"] - info.agent_startup, 4)
-            await client.request("init", {"time": time.time(), "entropy": base64.b64encode(os.urandom(64)).decode()})
+            await client.request("init", {
+                "version": info.version, "capabilities": sorted(info.capabilities),
+                "time": time.time(), "entropy": base64.b64encode(os.urandom(64)).decode(),
+            })
             stdout, stderr = client.open_stream(), client.open_stream()
             pod.tasks = [asyncio.create_task(self._pump(container, 1, stdout)),
                          asyncio.create_task(self._pump(container, 2, stderr))]

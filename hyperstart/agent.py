@@ -125,6 +125,8 @@ class Agent:
         self.pending = bytearray()
         self.running = True
         self.host_seen = False
+        self.version = 1
+        self.capabilities: set[str] = set()
         self.images = container.Images()
         self.containers: dict[str, container.Container] = {}
         self.processes: dict[int, Process] = {}
@@ -266,6 +268,11 @@ class Agent:
     # -- operations -------------------------------------------------------------------
 
     def init(self, args: dict[str, Any], reply: Reply) -> None:
+        version = int(args.get("version", 1))
+        if version not in VERSIONS:
+            raise container.StartError(125, f"protocol version {version} is not one this agent speaks")
+        self.version = version
+        self.capabilities = set(args.get("capabilities", ())) & set(CAPABILITIES)
         if "time" in args:
             time.clock_settime(time.CLOCK_REALTIME, float(args["time"]))
         seed = binascii.a2b_base64(args.get("entropy", ""))
