@@ -18,6 +18,7 @@ import secrets
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,14 +185,13 @@ class Daemon:
                 await self._autoremove(container)
             raise
         container.started = time.time()
-        container.vm_pid = pod.vm.pid
         self.db.save(container)
         task = asyncio.create_task(self._supervise(container, pod, mark))
         self.supervisors.add(task)
         task.add_done_callback(self.supervisors.discard)
         return container
 
-    async def _boot(self, container: Container, mark: Any) -> Pod:
+    async def _boot(self, container: Container, mark: Callable[[str], None]) -> Pod:
         """Boot the pod VM and start the container in it; on any failure nothing is left running."""
         image = self.images.resolve(container.spec.image_id)
         disk = await asyncio.to_thread(self.images.disk, image)
@@ -204,6 +204,9 @@ class Daemon:
         )
         vm = await self.hypervisor.launch(spec)
         mark("vm_spawned")
+        # Recorded at once: if hyperd dies mid-boot, its next start finds and ends this VM.
+        container.vm_pid = vm.pid
+        self.db.save(container)
         exited: asyncio.Future[ExitEvent] = asyncio.get_running_loop().create_future()
 
         def on_exit(event: ExitEvent) -> None:
@@ -282,7 +285,7 @@ class Daemon:
         finally:
             log.close()
 
-    async def _supervise(self, container: Container, pod: Pod, mark: Any) -> None:
+    async def _supervise(self, container: Container, pod: Pod, mark: Callable[[str], None]) -> None:
         died = asyncio.ensure_future(pod.vm.child.wait())
         try:
             waiters: set[asyncio.Future[Any]] = {pod.exited, died, pod.client.closed}
