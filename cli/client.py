@@ -285,6 +285,12 @@ class Client:
             headers["Content-Length"] = str(length)
         return _json_answer(*self._send("POST", "/images/import", query, tar, headers))
 
+    def pull(self, reference: str, platform: str = "") -> Any:
+        query = {"fromImage": reference}
+        if platform:
+            query["platform"] = platform
+        return self.call("POST", "/images/create", query)
+
     # System
 
     def info(self) -> Any:

@@ -388,6 +388,19 @@ def import_(host: str, source: str, reference: str | None) -> None:
 
 
 @cli.command()
+@click.argument("reference", metavar="NAME[:TAG|@DIGEST]")
+@click.option("--platform", default="", metavar="OS/ARCH[/VARIANT]",
+              help="Platform to pull from a multi-platform image.")
+@click.pass_obj
+def pull(host: str, reference: str, platform: str) -> None:
+    """Pull an image from a registry."""
+    result = _client(host).pull(reference, platform)
+    click.echo(f"Digest: {result['Digest']}")
+    click.echo(f"Status: {result.get('Status') or f'Downloaded newer image for {reference}'}")
+    click.echo(reference)
+
+
+@cli.command()
 @click.pass_obj
 def info(host: str) -> None:
     """Show system-wide information from hyperd."""

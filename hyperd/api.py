@@ -19,7 +19,7 @@ from aiohttp import web
 
 from hyperd import __version__, errors, logs
 from hyperd.daemon import Daemon
-from hyperd.image import ImageError, ImageNotFound, InvalidLayer, InvalidReference
+from hyperd.image import ImageError, ImageNotFound, InvalidLayer, InvalidReference, ManifestUnknown, registry
 from hyperd.state import Container, ContainerState
 from hyperstart.protocol import VERSIONS
 
@@ -30,6 +30,7 @@ DAEMON = web.AppKey("daemon", Daemon)
 STATUS: list[tuple[type[Exception], int]] = [
     (errors.NotFound, 404),
     (ImageNotFound, 404),
+    (ManifestUnknown, 404),
     (errors.InvalidArgument, 400),
     (InvalidReference, 400),
     (InvalidLayer, 400),
@@ -300,6 +301,22 @@ async def import_image(request: web.Request) -> web.Response:
     return web.json_response({"Id": image.id})
 
 
+async def pull_image(request: web.Request) -> web.Response:
+    source = request.query.get("fromImage") or ""
+    if not source:
+        raise errors.InvalidArgument("fromImage is required")
+    tag = request.query.get("tag") or ""
+    if tag:
+        source += f"@{tag}" if tag.startswith("sha256:") else f":{tag}"
+    try:
+        platform = registry.Platform.parse(request.query["platform"]) if request.query.get("platform") else None
+    except ValueError as err:
+        raise errors.InvalidArgument(str(err)) from err
+    pulled = await registry.pull(_daemon(request).images, source, platform)
+    status = "Downloaded newer image" if pulled.new else "Image is up to date"
+    return web.json_response({"Id": pulled.image.id, "Digest": pulled.digest, "Status": f"{status} for {source}"})
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/_ping", ping),
@@ -317,6 +334,7 @@ def routes() -> list[web.RouteDef]:
         web.delete("/containers/{id}", remove_container),
         web.get("/images/json", list_images),
         web.post("/images/import", import_image),
+        web.post("/images/create", pull_image),
     ]
 
 

@@ -11,6 +11,8 @@ Every error raised by this package derives from ``ImageError``:
     ├── InvalidReference          a reference that is not name[:tag][@digest] or an id   (.reference, .reason)
     ├── InvalidLayer              a layer tarball that is malformed or unsafe            (.entry, .reason)
     ├── CorruptBlob               stored content that no longer matches its digest       (.digest, .reason)
+    ├── RegistryError             a registry refused, failed or sent bad content   (.registry, .reference, .code)
+    │   └── ManifestUnknown       the registry has no such repository, tag or digest
     └── DiskError                 the erofs disk could not be built     (.argv, .output of mkfs.erofs)
 """
 
@@ -55,6 +57,20 @@ class CorruptBlob(ImageError):
         self.reason = reason
 
 
+class RegistryError(ImageError):
+    """A pull failed; ``registry`` is ``host[:port]``, ``code`` the distribution error code when one was sent."""
+
+    def __init__(self, message: str, *, registry: str = "", reference: str = "", code: str = "") -> None:
+        super().__init__(message)
+        self.registry = registry
+        self.reference = reference
+        self.code = code
+
+
+class ManifestUnknown(RegistryError):
+    """The registry answered that the repository, tag or digest does not exist."""
+
+
 class DiskError(ImageError):
     """Building an image disk failed; carries the command and what it printed."""
 
@@ -64,4 +80,5 @@ class DiskError(ImageError):
         self.output = output
 
 
-__all__ = ["CorruptBlob", "DiskError", "ImageError", "ImageNotFound", "InvalidLayer", "InvalidReference"]
+__all__ = ["CorruptBlob", "DiskError", "ImageError", "ImageNotFound", "InvalidLayer", "InvalidReference",
+           "ManifestUnknown", "RegistryError"]

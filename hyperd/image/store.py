@@ -35,7 +35,7 @@ import secrets
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -490,6 +490,54 @@ class ImageStore:
                     raise
                 return self._load(config_digest)
 
+    def record(self, manifest: bytes, config: bytes, layers: Sequence[Layer], size: int,
+               reference: str | None) -> Image:
+        """Record an image whose layer blobs are already committed (a pull), exactly as an import is recorded.
+
+        ``layers`` are the manifest's, bottom first, with the diff_ids their content was checked against;
+        ``size`` is the bytes of their uncompressed content.
+        The config and manifest become blobs; the rows are written in one transaction, so on failure
+        the store has no trace of the image but verified content-addressed blobs.  An image already
+        present is only (re)tagged.
+        """
+        target = parse_reference(reference) if reference is not None else None
+        if target is not None and target.digest is not None:
+            target = None  # pulled by digest: Docker records no tag
+        try:
+            document = json.loads(config)
+        except ValueError as err:
+            raise ImageError(f"image config is not JSON: {err}") from err
+        if not isinstance(document, dict):
+            raise ImageError("image config is not a JSON object")
+        ImageConfig.from_oci(document.get("config"))  # refuse a malformed config before storing anything
+        rootfs = document.get("rootfs")
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if diff_ids != [layer.diff_id for layer in layers]:
+            raise ImageError("image config: rootfs.diff_ids do not match the layers' content")
+        for layer in layers:
+            if layer.digest not in self.blobs:
+                raise CorruptBlob(layer.digest, "it is missing")
+        config_digest = _digest(config)
+        created = _parse_timestamp(document.get("created"))
+        with self._lock:
+            if not self._exists(config_digest):
+                self.blobs.put(config)
+                self.blobs.put(manifest)
+                with self._transaction() as db:
+                    db.execute("INSERT INTO image_images (id, manifest_digest, created, size, config) "
+                               "VALUES (?, ?, ?, ?, ?)",
+                               (config_digest, _digest(manifest), created, size, config.decode()))
+                    db.executemany("INSERT INTO image_layers (image_id, idx, diff_id, digest, media_type, size) "
+                                   "VALUES (?, ?, ?, ?, ?, ?)",
+                                   [(config_digest, idx, layer.diff_id, layer.digest, layer.media_type, layer.size)
+                                    for idx, layer in enumerate(layers)])
+                    if target is not None:
+                        self._set_tag(config_digest, target)
+            elif target is not None:
+                with self._transaction():
+                    self._set_tag(config_digest, target)
+            return self._load(config_digest)
+
     # -- lookups --------------------------------------------------------------------------------
 
     def resolve(self, reference: str) -> Image:
@@ -628,6 +676,19 @@ def _timestamp(moment: datetime) -> str:
     if moment.microsecond:
         text += f".{moment.microsecond:06d}".rstrip("0")
     return text + "Z"
+
+
+def _parse_timestamp(value: object) -> int:
+    """Unix seconds of an RFC 3339 ``created`` (Go writes nanoseconds, Python reads at most micro); 0 if absent."""
+    if not isinstance(value, str):
+        return 0
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)?", value.strip(),
+                         re.IGNORECASE)
+    if match is None:
+        return 0
+    zone = match.group(2) or "Z"
+    moment = datetime.fromisoformat(match.group(1) + ("+00:00" if zone.upper() == "Z" else zone))
+    return int(moment.timestamp())
 
 
 def _remove_stale(directory: Path, prefix: str) -> None:

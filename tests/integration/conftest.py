@@ -111,6 +111,20 @@ def pod_qemus() -> dict[int, list[str]]:
     return found
 
 
+def terminate(process: subprocess.Popen[bytes]) -> bool:
+    """SIGTERM a process we started, SIGKILL it after STOP_TIMEOUT; whether it went in time."""
+    if process.poll() is not None:
+        return True
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(STOP_TIMEOUT)
+        return True
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False
+
+
 @dataclass
 class Daemon:
     """One hyperd subprocess with its own root and socket."""
@@ -183,14 +197,8 @@ class Daemon:
         """SIGTERM and wait; then check that the daemon left no VM and no socket behind."""
         process = self.process
         assert process is not None, "the daemon was never started"
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                pytest.fail(f"hyperd ignored SIGTERM for {STOP_TIMEOUT:.0f}s:\n{self.log_tail()}")
+        if not terminate(process):
+            pytest.fail(f"hyperd ignored SIGTERM for {STOP_TIMEOUT:.0f}s:\n{self.log_tail()}")
         self.assert_no_qemu("after hyperd exited")
         assert not self.socket.exists(), f"hyperd did not remove its socket {self.socket}"
         return process.returncode
