@@ -124,6 +124,15 @@ def _each(items: Iterable[str], action: Callable[[str], object]) -> None:
         sys.exit(failed.exit_code)
 
 
+def _then_echo(action: Callable[[str], object]) -> Callable[[str], None]:
+    """``action``, then the item's name on stdout, as docker confirms stop, kill and rm."""
+    def run(item: str) -> None:
+        action(item)
+        click.echo(item)
+
+    return run
+
+
 def _environment(items: Iterable[str]) -> list[str]:
     """``-e`` values as ``K=V``; a bare ``K`` takes its value from our own environment."""
     env = []
@@ -250,12 +259,7 @@ def logs(host: str, follow: bool, timestamps: bool, tail: str, container: str) -
 def stop(host: str, timeout: int | None, containers: tuple[str, ...]) -> None:
     """Stop running containers: SIGTERM, then SIGKILL after a grace period."""
     client = _client(host)
-
-    def one(container: str) -> None:
-        client.stop(container, timeout)
-        click.echo(container)
-
-    _each(containers, one)
+    _each(containers, _then_echo(lambda container: client.stop(container, timeout)))
 
 
 @cli.command()
@@ -265,12 +269,7 @@ def stop(host: str, timeout: int | None, containers: tuple[str, ...]) -> None:
 def kill(host: str, sig: str, containers: tuple[str, ...]) -> None:
     """Send a signal to running containers."""
     client = _client(host)
-
-    def one(container: str) -> None:
-        client.kill(container, sig)
-        click.echo(container)
-
-    _each(containers, one)
+    _each(containers, _then_echo(lambda container: client.kill(container, sig)))
 
 
 @cli.command()
@@ -280,12 +279,7 @@ def kill(host: str, sig: str, containers: tuple[str, ...]) -> None:
 def rm(host: str, force: bool, containers: tuple[str, ...]) -> None:
     """Remove containers."""
     client = _client(host)
-
-    def one(container: str) -> None:
-        client.remove(container, force)
-        click.echo(container)
-
-    _each(containers, one)
+    _each(containers, _then_echo(lambda container: client.remove(container, force)))
 
 
 @cli.command()

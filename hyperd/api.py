@@ -63,6 +63,11 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "0").lower() in ("1", "true", "yes")
 
 
+def _streams(request: web.Request) -> set[int]:
+    """The output streams asked for (1 stdout, 2 stderr); both when neither is named."""
+    return {n for n, key in ((1, "stdout"), (2, "stderr")) if _flag(request, key)} or {1, 2}
+
+
 def _daemon(request: web.Request) -> Daemon:
     return request.app[DAEMON]
 
@@ -193,7 +198,7 @@ async def start_container(request: web.Request) -> web.Response:
 async def attach_container(request: web.Request) -> web.StreamResponse:
     daemon = _daemon(request)
     container = daemon.get(request.match_info["id"])
-    wanted = {n for n, key in ((1, "stdout"), (2, "stderr")) if _flag(request, key)} or {1, 2}
+    wanted = _streams(request)
     queue, _offset = daemon.subscribe(container)
     response = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
     try:
@@ -252,7 +257,7 @@ async def inspect_container(request: web.Request) -> web.Response:
 async def container_logs(request: web.Request) -> web.StreamResponse:
     daemon = _daemon(request)
     container = daemon.get(request.match_info["id"])
-    wanted = {n for n, key in ((1, "stdout"), (2, "stderr")) if _flag(request, key)} or {1, 2}
+    wanted = _streams(request)
     stamps = _flag(request, "timestamps")
     tail = request.query.get("tail", "all")
     if tail != "all" and not tail.isdigit():

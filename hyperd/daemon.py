@@ -29,7 +29,7 @@ from hyperd.guest import AgentClient, ExitEvent, Stream
 from hyperd.image.store import Image, ImageStore
 from hyperd.state import Container, ContainerSpec, ContainerState, Database
 from hyperd.vm import Disk, VMSpec
-from hyperd.vm.qemu import Qemu, QemuVM, qemu_log_tail
+from hyperd.vm.qemu import Qemu, QemuVM, log_tail
 
 log = logging.getLogger("hyperd")
 
@@ -267,7 +267,7 @@ class Daemon:
             reason = f"the guest agent failed: {ready.exception()}"
         else:
             reason = f"the guest agent did not answer within {self.config.boot_timeout:.0f}s"
-        console = _tail(spec.console_log, CONSOLE_TAIL) or qemu_log_tail(spec.workdir, CONSOLE_TAIL)
+        console = log_tail(spec.console_log, CONSOLE_TAIL) or log_tail(spec.workdir / "qemu.log", CONSOLE_TAIL)
         raise errors.BootFailed(f"guest boot failed: {reason}", console, pod.vm.child.argv)
 
     async def _pump(self, container: Container, stream_no: int, stream: Stream) -> None:
@@ -495,13 +495,6 @@ def _validate_name(name: str) -> None:
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
     if not name or not name[0].isalnum() or not set(name) <= allowed or len(name) > 128:
         raise errors.InvalidArgument(f'invalid container name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return []
 
 
 def _reclaim_vm(container: Container) -> None:

@@ -46,17 +46,19 @@ class Child:
             return await self.wait()
 
 
-async def spawn(argv: Sequence[str], *, log: Path | None = None, pass_fds: Sequence[int] = (),
-                env: dict[str, str] | None = None) -> Child:
-    """Start ``argv`` with stdin from /dev/null and stdout/stderr appended to ``log``."""
+async def spawn(argv: Sequence[str], *, log: Path | None = None, capture: bool = False,
+                pass_fds: Sequence[int] = (), env: dict[str, str] | None = None) -> Child:
+    """Start ``argv`` with stdin from /dev/null and stdout/stderr appended to ``log``, or
+    readable from ``child.process.stdout`` with ``capture``, or else discarded."""
     argv = [str(a) for a in argv]
     out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the child, closed below
+    stdout = out if out else asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=out if out else asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.STDOUT if out else asyncio.subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=asyncio.subprocess.STDOUT,  # wherever stdout goes, /dev/null included
             env={**MINIMAL_ENV, **(env or {})},
             pass_fds=tuple(pass_fds),
             start_new_session=True,
@@ -69,15 +71,11 @@ async def spawn(argv: Sequence[str], *, log: Path | None = None, pass_fds: Seque
 
 async def run(argv: Sequence[str], *, timeout: float = 60) -> tuple[int, str]:
     """Run a short command to completion; returns its status and combined output."""
-    process = await asyncio.create_subprocess_exec(
-        *[str(a) for a in argv], stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=MINIMAL_ENV,
-    )
-    child = Child(process, [str(a) for a in argv])
+    child = await spawn(argv, capture=True)
     try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
+        out, _ = await asyncio.wait_for(child.process.communicate(), timeout)
     except TimeoutError:
         child.signal(signal.SIGKILL)
         await child.wait()
         return -1, f"timed out after {timeout:.0f}s"
-    return process.returncode or 0, out.decode(errors="replace")
+    return child.process.returncode or 0, out.decode(errors="replace")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,19 +64,13 @@ async def _boot_probe(qemu: str, kernel: Path, guest_disk: Path) -> Accelerator:
         "-drive", f"file={guest_disk},if=none,id=root,format=raw,readonly=on",
         "-device", "virtio-blk-device,drive=root",
     ]
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=spawn.MINIMAL_ENV,
-    )
-    child = spawn.Child(process, argv)
-    assert process.stdout is not None
-    seen: list[str] = []
+    child = await spawn.spawn(argv, capture=True)
+    output = child.process.stdout
+    assert output is not None
 
     async def watch() -> str | None:
-        assert process.stdout is not None
-        async for raw in process.stdout:
+        async for raw in output:
             line = raw.decode(errors="replace").strip()
-            seen.append(line)
             if PROBE_MARKER in line:
                 return None
             if any(failure in line for failure in KVM_FAILURES):
@@ -87,7 +82,7 @@ async def _boot_probe(qemu: str, kernel: Path, guest_disk: Path) -> Accelerator:
     except TimeoutError:
         failure = f"a probe guest did not reach init within {PROBE_TIMEOUT:.0f}s"
     finally:
-        child.signal(9)
+        child.signal(signal.SIGKILL)
         await child.wait()
     if failure is None:
         return Accelerator("kvm", "a probe guest booted under KVM")

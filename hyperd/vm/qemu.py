@@ -196,16 +196,16 @@ class Qemu:
         except Exception as err:
             await vm.kill()
             raise BootFailed(f"guest boot failed: QEMU exited before it was ready (status {child.returncode})",
-                             qemu_log_tail(spec.workdir, 20), child.argv) from err
+                             log_tail(spec.workdir / "qemu.log", 20), child.argv) from err
         except BaseException:
             await vm.kill()
             raise
         return vm
 
 
-def qemu_log_tail(workdir: Path, lines: int = 5) -> list[str]:
+def log_tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a log (a console or QEMU's own), empty if there is none."""
     try:
-        return (workdir / "qemu.log").read_text(errors="replace").splitlines()[-lines:]
+        return path.read_text(errors="replace").splitlines()[-lines:]
     except OSError:
         return []
-
