@@ -297,7 +297,7 @@ async def import_image(request: web.Request) -> web.Response:
     tag = request.query.get("tag") or None
     reference = f"{repo}:{tag}" if repo and tag else repo
     daemon = _daemon(request)
-    # Spool to disk first: the store reads the tarball twice (validate, then store).
+    # Spooled: the body arrives on the event loop, the store reads synchronously in a thread.
     with tempfile.TemporaryFile(dir=daemon.config.root) as spool:
         async for chunk in request.content.iter_chunked(1 << 20):
             spool.write(chunk)
