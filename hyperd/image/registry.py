@@ -29,7 +29,8 @@ import aiohttp
 from yarl import URL
 
 from hyperd.image import ImageError, ManifestUnknown, RegistryError
-from hyperd.image.store import Image, ImageStore, Layer, Reference, Staged, parse_reference
+from hyperd.image.blobs import Staged
+from hyperd.image.store import Image, ImageStore, Layer, Reference, parse_reference
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -11,9 +11,8 @@ Images are OCI through and through (manifest, config, gzip layers, diff_ids), so
 pulling from a registry, ``save``/``load`` and reference-counted removal can be added on
 top without converting anything.  An image's id is the digest of its config, as in Docker.
 
-Blobs are written to a temporary file in their final directory, fsynced, checked and
-hard-linked into place (``link`` fails rather than overwrite, so the store knows which
-blobs an import created and removes exactly those if the import fails).  The database
+Blobs (``blobs.py``) are committed crash-safely and report whether they are new, so an
+import that fails removes exactly the blobs it created.  The database
 rows are written in one transaction after the blobs, so a row never names a missing blob.
 
 Thread-safety: one ImageStore per daemon.  Its methods may be called from several
@@ -28,11 +27,8 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import platform
 import re
-import secrets
-import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,6 +39,7 @@ from typing import Any, BinaryIO
 
 from hyperd.image import CorruptBlob, ImageError, ImageNotFound, InvalidLayer, InvalidReference
 from hyperd.image import disk as disks
+from hyperd.image.blobs import Blobs, remove_stale
 from hyperd.image.layers import MALFORMED, Compression, DigestReader, validate_layer
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -259,103 +256,6 @@ class Image:
 
 
 # ---------------------------------------------------------------------------------------------
-# Blobs
-
-
-class Staged:
-    """A blob being written: a temporary file next to its final place, hashed as it grows."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file = open(path, "xb")  # noqa: SIM115 - closed by commit() or the staging context
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self._file.write(data)
-        self._hash.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def finish(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-
-    def discard(self) -> None:
-        self._file.close()
-        self.path.unlink(missing_ok=True)
-
-    @property
-    def digest(self) -> str:
-        return f"sha256:{self._hash.hexdigest()}"
-
-
-class Blobs:
-    """Content-addressed files under ``blobs/sha256/<hex>``."""
-
-    def __init__(self, root: Path) -> None:
-        self.dir = root / "sha256"
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def path(self, digest: str) -> Path:
-        # Digests will come from manifests and URLs: never let one name another path.
-        if not _DIGEST.fullmatch(digest):
-            raise CorruptBlob(digest, "not a sha256 digest")
-        return self.dir / digest[7:]
-
-    def __contains__(self, digest: str) -> bool:
-        return self.path(digest).is_file()
-
-    def read(self, digest: str) -> bytes:
-        """A small blob's content (config, manifest), verified against its digest."""
-        try:
-            data = self.path(digest).read_bytes()
-        except FileNotFoundError:
-            raise CorruptBlob(digest, "it is missing") from None
-        if f"sha256:{hashlib.sha256(data).hexdigest()}" != digest:
-            raise CorruptBlob(digest, "its content does not match its digest")
-        return data
-
-    @contextlib.contextmanager
-    def staging(self) -> Iterator[Staged]:
-        """A temporary blob, removed on exit unless committed."""
-        staged = Staged(self.dir / f".tmp-{os.getpid()}-{secrets.token_hex(8)}")
-        try:
-            yield staged
-        finally:
-            staged.discard()
-
-    def commit(self, staged: Staged, expected: str | None = None) -> bool:
-        """Move a staged blob into place; True if it was new, False if the store had it already."""
-        staged.finish()
-        digest = staged.digest
-        if expected is not None and digest != expected:
-            raise CorruptBlob(expected, f"received content hashes to {digest}")
-        try:
-            os.link(staged.path, self.path(digest))
-        except FileExistsError:
-            return False
-        finally:
-            staged.path.unlink(missing_ok=True)
-        disks.fsync_dir(self.dir)
-        return True
-
-    def put(self, data: bytes) -> tuple[str, bool]:
-        """Store bytes; their digest and whether the blob is new."""
-        with self.staging() as staged:
-            staged.write(data)
-            return staged.digest, self.commit(staged)
-
-    def remove(self, digest: str) -> None:
-        self.path(digest).unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------
 # The store
 
 
@@ -370,8 +270,8 @@ class ImageStore:
         self.tmp_dir = images / "tmp"
         for directory in (self.disks_dir, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        _remove_stale(self.tmp_dir, "")
-        _remove_stale(self.blobs.dir, ".tmp-")
+        remove_stale(self.tmp_dir, "")
+        remove_stale(self.blobs.dir, ".tmp-")
         # One connection used from several threads, always under self._lock.
         self._db = sqlite3.connect(self.root / "hyper.db", isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
@@ -691,28 +591,4 @@ def _parse_timestamp(value: object) -> int:
     return int(moment.timestamp())
 
 
-def _remove_stale(directory: Path, prefix: str) -> None:
-    """Remove temporaries named ``<prefix><pid>-...`` whose process is gone (a crash mid-write)."""
-    for entry in directory.iterdir():
-        if not entry.name.startswith(prefix):
-            continue
-        pid = entry.name[len(prefix):].partition("-")[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-__all__ = ["Blobs", "Image", "ImageConfig", "ImageStore", "Layer", "Reference", "parse_reference"]
+__all__ = ["Image", "ImageConfig", "ImageStore", "Layer", "Reference", "parse_reference"]

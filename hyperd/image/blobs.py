@@ -1,0 +1,145 @@
+"""Content-addressed blobs on disk: ``<root>/sha256/<hex>``, written crash-safely.
+
+A blob is written to a temporary file in its final directory (``.tmp-<pid>-<random>``),
+hashed as it grows, fsynced, checked against the digest it must have and hard-linked
+into place: ``link`` fails rather than overwrite, so a writer knows whether it created
+the blob.  A crash leaves only temporaries, which ``remove_stale`` clears once their
+process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from hyperd.image import CorruptBlob
+from hyperd.image.disk import fsync_dir
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class Staged:
+    """A blob being written: a temporary file next to its final place, hashed as it grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "xb")  # noqa: SIM115 - closed by commit() or the staging context
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def finish(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    def discard(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{self._hash.hexdigest()}"
+
+
+class Blobs:
+    """Content-addressed files under ``blobs/sha256/<hex>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "sha256"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        # Digests will come from manifests and URLs: never let one name another path.
+        if not _DIGEST.fullmatch(digest):
+            raise CorruptBlob(digest, "not a sha256 digest")
+        return self.dir / digest[7:]
+
+    def __contains__(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def read(self, digest: str) -> bytes:
+        """A small blob's content (config, manifest), verified against its digest."""
+        try:
+            data = self.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise CorruptBlob(digest, "it is missing") from None
+        if f"sha256:{hashlib.sha256(data).hexdigest()}" != digest:
+            raise CorruptBlob(digest, "its content does not match its digest")
+        return data
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Staged]:
+        """A temporary blob, removed on exit unless committed."""
+        staged = Staged(self.dir / f".tmp-{os.getpid()}-{secrets.token_hex(8)}")
+        try:
+            yield staged
+        finally:
+            staged.discard()
+
+    def commit(self, staged: Staged, expected: str | None = None) -> bool:
+        """Move a staged blob into place; True if it was new, False if the store had it already."""
+        staged.finish()
+        digest = staged.digest
+        if expected is not None and digest != expected:
+            raise CorruptBlob(expected, f"received content hashes to {digest}")
+        try:
+            os.link(staged.path, self.path(digest))
+        except FileExistsError:
+            return False
+        finally:
+            staged.path.unlink(missing_ok=True)
+        fsync_dir(self.dir)
+        return True
+
+    def put(self, data: bytes) -> tuple[str, bool]:
+        """Store bytes; their digest and whether the blob is new."""
+        with self.staging() as staged:
+            staged.write(data)
+            return staged.digest, self.commit(staged)
+
+    def remove(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+
+
+def remove_stale(directory: Path, prefix: str) -> None:
+    """Remove temporaries named ``<prefix><pid>-...`` whose process is gone (a crash mid-write)."""
+    for entry in directory.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        pid = entry.name[len(prefix):].partition("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["Blobs", "Staged", "remove_stale"]
