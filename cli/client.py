@@ -10,9 +10,11 @@ HTTP status codes become exceptions here and nowhere else (see ``cli.errors``).
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
+from collections.abc import Iterator
 from typing import IO, Any, Self
 from urllib.parse import quote, urlencode
 
@@ -20,6 +22,9 @@ from cli.errors import APIError, DaemonUnreachable, HyperError
 
 BLOCK = 64 << 10
 """Read and upload block size; http.client's 8 KiB default makes image imports chatty."""
+
+Query = dict[str, str] | list[tuple[str, str]]
+"""Query parameters; a list of pairs repeats a name (``names=a&names=b``)."""
 
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 """Content type of an attach or logs stream in stdcopy framing (no TTY)."""
@@ -86,6 +91,17 @@ class Stream(_Held):
             return self._response.read(size)
         except (http.client.HTTPException, OSError) as err:
             raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
+
+    def lines(self) -> Iterator[bytes]:
+        """The body line by line (a JSON progress stream)."""
+        while True:
+            try:
+                line = self._response.readline()
+            except (http.client.HTTPException, OSError) as err:
+                raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
+            if not line:
+                return
+            yield line
 
     def read1(self, size: int) -> bytes:
         """Whatever is available, up to ``size`` bytes, blocking only when nothing is."""
@@ -155,6 +171,21 @@ def _flag(value: bool) -> str:
     return "1" if value else "0"
 
 
+def _tar_headers(length: int | None) -> dict[str, str]:
+    """An upload of a tar; with no ``length`` it goes chunked (a pipe on stdin)."""
+    headers = {"Content-Type": "application/x-tar"}
+    if length is not None:
+        headers["Content-Length"] = str(length)
+    return headers
+
+
+def _registry_auth(auth: dict[str, str] | None) -> dict[str, str]:
+    """Docker's ``X-Registry-Auth``: the credentials for one registry, base64url-encoded JSON."""
+    if not auth:
+        return {}
+    return {"X-Registry-Auth": base64.urlsafe_b64encode(json.dumps(auth).encode()).decode()}
+
+
 class Pending(_Held):
     """A JSON request already sent whose answer is read on demand."""
 
@@ -174,7 +205,7 @@ class Client:
         self,
         method: str,
         path: str,
-        query: dict[str, str] | None = None,
+        query: Query | None = None,
         body: bytes | IO[bytes] | None = None,
         headers: dict[str, str] | None = None,
     ) -> http.client.HTTPConnection:
@@ -199,7 +230,7 @@ class Client:
         self,
         method: str,
         path: str,
-        query: dict[str, str] | None = None,
+        query: Query | None = None,
         body: bytes | IO[bytes] | None = None,
         headers: dict[str, str] | None = None,
         ok: tuple[int, ...] = (),
@@ -211,7 +242,7 @@ class Client:
         self,
         method: str,
         path: str,
-        query: dict[str, str] | None = None,
+        query: Query | None = None,
         body: Any = None,
         ok: tuple[int, ...] = (),
     ) -> Any:
@@ -220,9 +251,10 @@ class Client:
         headers = {} if data is None else {"Content-Type": "application/json"}
         return _json_answer(*self._send(method, path, query, data, headers, ok))
 
-    def stream(self, method: str, path: str, query: dict[str, str] | None = None) -> Stream:
+    def stream(self, method: str, path: str, query: Query | None = None,
+               body: bytes | IO[bytes] | None = None, headers: dict[str, str] | None = None) -> Stream:
         """A request whose answer is read as it arrives; the caller closes it."""
-        return Stream(*self._send(method, path, query))
+        return Stream(*self._send(method, path, query, body, headers))
 
     # Containers
 
@@ -274,22 +306,51 @@ class Client:
 
     # Images
 
-    def images(self) -> Any:
-        return self.call("GET", "/images/json")
+    def images(self, all: bool = False, dangling: bool | None = None) -> Any:
+        query = {"all": _flag(all)}
+        if dangling is not None:
+            query["filters"] = json.dumps({"dangling": [str(dangling).lower()]})
+        return self.call("GET", "/images/json", query)
 
     def import_image(self, tar: IO[bytes], length: int | None, repo: str = "", tag: str = "") -> Any:
         """Upload a tar; with no ``length`` it goes chunked (a pipe on stdin)."""
         query = {key: value for key, value in (("repo", repo), ("tag", tag)) if value}
-        headers = {"Content-Type": "application/x-tar"}
-        if length is not None:
-            headers["Content-Length"] = str(length)
-        return _json_answer(*self._send("POST", "/images/import", query, tar, headers))
+        return _json_answer(*self._send("POST", "/images/import", query, tar, _tar_headers(length)))
 
-    def pull(self, reference: str, platform: str = "") -> Any:
+    def pull(self, reference: str, platform: str = "", auth: dict[str, str] | None = None) -> Stream:
+        """Start a pull; its answer is a stream of JSON progress messages."""
         query = {"fromImage": reference}
         if platform:
             query["platform"] = platform
-        return self.call("POST", "/images/create", query)
+        return self.stream("POST", "/images/create", query, headers=_registry_auth(auth))
+
+    def login(self, username: str, password: str, server: str) -> Any:
+        return self.call("POST", "/auth", body={"username": username, "password": password, "serveraddress": server})
+
+    def image(self, name: str) -> Any:
+        return self.call("GET", f"/images/{_ident(name)}/json")
+
+    def history(self, name: str) -> Any:
+        return self.call("GET", f"/images/{_ident(name)}/history")
+
+    def tag(self, source: str, repo: str, tag: str) -> None:
+        query = {"repo": repo}
+        if tag:
+            query["tag"] = tag
+        self.call("POST", f"/images/{_ident(source)}/tag", query)
+
+    def remove_image(self, name: str, force: bool = False) -> Any:
+        return self.call("DELETE", f"/images/{_ident(name)}", {"force": _flag(force)})
+
+    def prune_images(self, all: bool = False) -> Any:
+        query = {"filters": json.dumps({"dangling": ["false" if all else "true"]})}
+        return self.call("POST", "/images/prune", query)
+
+    def save(self, names: list[str]) -> Stream:
+        return self.stream("GET", "/images/get", [("names", name) for name in names])
+
+    def load(self, tar: IO[bytes], length: int | None) -> Stream:
+        return self.stream("POST", "/images/load", None, tar, _tar_headers(length))
 
     # System
 

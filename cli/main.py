@@ -15,19 +15,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from cli import images
+from cli.common import connect, each, say, then_echo
 from cli.errors import EXIT_DAEMON, HyperError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
     from cli.client import Client
 
+
 DEFAULT_HOST = "unix:///run/hyper/hyperd.sock"
 EXIT_INTERRUPTED = 130
-
-
-def _say(message: str) -> None:
-    click.echo(f"hyper: {message}", err=True)
 
 
 class HyperGroup(click.Group):
@@ -53,24 +52,24 @@ class HyperGroup(click.Group):
             status = super().main(*args, **kwargs)
         except click.UsageError as err:
             if isinstance(err, click.NoSuchOption):
-                _say(f"unknown flag: {err.option_name}")
+                say(f"unknown flag: {err.option_name}")
             else:
-                _say(err.format_message())
+                say(err.format_message())
             command = err.ctx.command_path if err.ctx else "hyper"
             click.echo(f"See '{command} --help'.", err=True)
             sys.exit(EXIT_DAEMON)
         except click.ClickException as err:
-            _say(err.format_message())
+            say(err.format_message())
             sys.exit(EXIT_DAEMON)
         except click.Abort:
             sys.exit(EXIT_INTERRUPTED)
         except HyperError as err:
             self._traceback()
-            _say(err.message)
+            say(err.message)
             sys.exit(err.exit_code)
         except Exception as err:
             self._traceback()
-            _say(str(err) or type(err).__name__)
+            say(str(err) or type(err).__name__)
             sys.exit(EXIT_DAEMON)
         sys.exit(status if isinstance(status, int) else 0)
 
@@ -98,39 +97,12 @@ def _check_host(ctx: click.Context, param: click.Parameter, value: str) -> str:
     callback=_check_host,
     help="hyperd's socket [env: HYPER_HOST].",
 )
+@click.option("--config", metavar="DIR", help="Client configuration directory [env: HYPER_CONFIG; default ~/.hyper].")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
-def cli(ctx: click.Context, host: str, debug: bool) -> None:
+def cli(ctx: click.Context, host: str, config: str | None, debug: bool) -> None:
     """Run containers, each pod in its own micro-VM."""
     ctx.obj = host
-
-
-def _client(host: str) -> Client:
-    from cli.client import Client
-
-    return Client(host)
-
-
-def _each(items: Iterable[str], action: Callable[[str], object]) -> None:
-    """Apply ``action`` to every item, reporting each failure as it happens; fail at the end if any did."""
-    failed: HyperError | None = None
-    for item in items:
-        try:
-            action(item)
-        except HyperError as err:
-            _say(err.message)
-            failed = err
-    if failed is not None:
-        sys.exit(failed.exit_code)
-
-
-def _then_echo(action: Callable[[str], object]) -> Callable[[str], None]:
-    """``action``, then the item's name on stdout, as docker confirms stop, kill and rm."""
-    def run(item: str) -> None:
-        action(item)
-        click.echo(item)
-
-    return run
 
 
 def _environment(items: Iterable[str]) -> list[str]:
@@ -158,6 +130,9 @@ def _environment(items: Iterable[str]) -> list[str]:
 @click.option("-w", "--workdir", default="", metavar="DIR", help="Working directory inside the container.")
 @click.option("--entrypoint", metavar="CMD", help="Replace the image's entrypoint (and drop its command).")
 @click.option("-u", "--user", default="", metavar="USER[:GROUP]", help="User (and group) to run as.")
+@click.option("--pull", "pull_policy", type=click.Choice(["missing", "always", "never"]), default="missing",
+              show_default=True, help="When to pull the image before creating the container.")
+@click.option("--platform", default="", metavar="OS/ARCH[/VARIANT]", help="Platform to pull, if pulling.")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[COMMAND] [ARG]...")
 @click.pass_obj
@@ -170,6 +145,8 @@ def run(
     workdir: str,
     entrypoint: str | None,
     user: str,
+    pull_policy: str,
+    platform: str,
     image: str,
     command: tuple[str, ...],
 ) -> None:
@@ -184,8 +161,8 @@ def run(
         "User": user,
         "AutoRemove": auto_remove,
     }
-    client = _client(host)
-    created = client.create_container(config, name)
+    client = connect(host)
+    created = _create(client, config, name, pull_policy, platform)
     for warning in created.get("Warnings") or ():
         click.echo(f"WARNING: {warning}", err=True)
     container = created["Id"]
@@ -196,6 +173,24 @@ def run(
     from cli import attach
 
     sys.exit(attach.run(client, container))
+
+
+def _create(client: Client, config: dict[str, Any], name: str | None, pull_policy: str, platform: str) -> Any:
+    """Create the container, pulling its image first as ``--pull`` says (progress on stderr, as docker)."""
+    from cli.errors import APIError
+
+    reference = config["Image"]
+    if pull_policy == "always":
+        images.pull_image(client, reference, platform, sys.stderr)
+        return client.create_container(config, name)
+    try:
+        return client.create_container(config, name)
+    except APIError as err:
+        if err.status != 404 or not err.message.startswith("No such image") or pull_policy == "never":
+            raise
+    click.echo(f"Unable to find image '{images.with_default_tag(reference)}' locally", err=True)
+    images.pull_image(client, reference, platform, sys.stderr)
+    return client.create_container(config, name)
 
 
 @cli.command()
@@ -209,7 +204,7 @@ def ps(host: str, show_all: bool, quiet: bool, no_trunc: bool) -> None:
 
     from cli import output
 
-    containers = _client(host).containers(show_all)
+    containers = connect(host).containers(show_all)
     ids = [c["Id"] if no_trunc else c["Id"][:12] for c in containers]
     if quiet:
         for ident in ids:
@@ -245,7 +240,7 @@ def logs(host: str, follow: bool, timestamps: bool, tail: str, container: str) -
         raise click.BadParameter(f"{tail!r} is not a number or 'all'", param_hint="'--tail'")
     from cli import stdcopy
 
-    with _client(host).logs(container, follow, timestamps, tail) as stream:
+    with connect(host).logs(container, follow, timestamps, tail) as stream:
         if stream.multiplexed:
             stdcopy.demux(stream, sys.stdout.buffer, sys.stderr.buffer)
         else:
@@ -258,8 +253,8 @@ def logs(host: str, follow: bool, timestamps: bool, tail: str, container: str) -
 @click.pass_obj
 def stop(host: str, timeout: int | None, containers: tuple[str, ...]) -> None:
     """Stop running containers: SIGTERM, then SIGKILL after a grace period."""
-    client = _client(host)
-    _each(containers, _then_echo(lambda container: client.stop(container, timeout)))
+    client = connect(host)
+    each(containers, then_echo(lambda container: client.stop(container, timeout)))
 
 
 @cli.command()
@@ -268,8 +263,8 @@ def stop(host: str, timeout: int | None, containers: tuple[str, ...]) -> None:
 @click.pass_obj
 def kill(host: str, sig: str, containers: tuple[str, ...]) -> None:
     """Send a signal to running containers."""
-    client = _client(host)
-    _each(containers, _then_echo(lambda container: client.kill(container, sig)))
+    client = connect(host)
+    each(containers, then_echo(lambda container: client.kill(container, sig)))
 
 
 @cli.command()
@@ -278,8 +273,8 @@ def kill(host: str, sig: str, containers: tuple[str, ...]) -> None:
 @click.pass_obj
 def rm(host: str, force: bool, containers: tuple[str, ...]) -> None:
     """Remove containers."""
-    client = _client(host)
-    _each(containers, _then_echo(lambda container: client.remove(container, force)))
+    client = connect(host)
+    each(containers, then_echo(lambda container: client.remove(container, force)))
 
 
 @cli.command()
@@ -289,109 +284,49 @@ def wait(host: str, containers: tuple[str, ...]) -> None:
     """Wait for containers to exit and print their exit statuses."""
     from cli.attach import exit_status
 
-    client = _client(host)
-    _each(containers, lambda container: click.echo(exit_status(client.wait(container))))
+    client = connect(host)
+    each(containers, lambda container: click.echo(exit_status(client.wait(container))))
 
 
 @cli.command()
-@click.argument("containers", nargs=-1, required=True)
+@click.option("-f", "--format", "fmt", metavar="TEMPLATE", help="Go template for each object.")
+@click.option("--type", "kind", type=click.Choice(["container", "image"]), help="Only look for this kind of object.")
+@click.argument("names", nargs=-1, required=True, metavar="NAME|ID...")
 @click.pass_obj
-def inspect(host: str, containers: tuple[str, ...]) -> None:
-    """Print containers' details as JSON."""
+def inspect(host: str, fmt: str | None, kind: str | None, names: tuple[str, ...]) -> None:
+    """Show containers' or images' details as JSON; a name is looked up as a container first."""
     import json
 
-    client = _client(host)
-    found: list[object] = []
-    try:
-        _each(containers, lambda container: found.append(client.inspect(container)))
-    finally:
-        click.echo(json.dumps(found, indent=4))
+    from cli.errors import APIError
 
+    client = connect(host)
+    found: list[dict[str, Any]] = []
 
-@cli.command()
-@click.option("-q", "--quiet", is_flag=True, help="Only print image IDs.")
-@click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
-@click.pass_obj
-def images(host: str, quiet: bool, no_trunc: bool) -> None:
-    """List images."""
-    import time
-
-    from cli import output
-
-    listing = _client(host).images()
-    rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]]
-    ids: list[str] = []
-    now = time.time()
-    for image in listing:
-        ident = image["Id"] if no_trunc else image["Id"].removeprefix("sha256:")[:12]
-        if ident not in ids:
-            ids.append(ident)
-        created = image.get("Created")
-        for reference in image.get("RepoTags") or ["<none>:<none>"]:
-            repo, tag = _split_reference(reference)
-            rows.append(
-                [
-                    repo,
-                    tag or "<none>",
-                    ident,
-                    output.ago(created, now) if isinstance(created, int | float) else "",
-                    output.size(image.get("Size") or 0),
-                ]
-            )
-    if quiet:
-        for ident in ids:
-            click.echo(ident)
-    else:
-        click.echo(output.table(rows))
-
-
-def _split_reference(reference: str) -> tuple[str, str]:
-    """``REPOSITORY[:TAG]`` split in two; a colon before the last slash is a registry port."""
-    colon = reference.rfind(":")
-    if colon > reference.rfind("/"):
-        return reference[:colon], reference[colon + 1 :]
-    return reference, ""
-
-
-@cli.command("import")
-@click.argument("source", metavar="FILE|-")
-@click.argument("reference", required=False, metavar="[REPOSITORY[:TAG]]")
-@click.pass_obj
-def import_(host: str, source: str, reference: str | None) -> None:
-    """Create an image from a root filesystem tarball (- reads standard input)."""
-    import stat
-
-    repo, tag = _split_reference(reference or "")
-    if source == "-":
-        tar = sys.stdin.buffer
-        length = None
-    else:
+    def look_up(name: str) -> None:
+        if kind != "image":
+            try:
+                found.append(client.inspect(name))
+                return
+            except APIError as err:
+                if err.status != 404 or kind == "container":
+                    raise
         try:
-            tar = open(source, "rb")  # noqa: SIM115 - closed below, after the upload
-        except OSError as err:
-            reason = (err.strerror or str(err)).lower()
-            raise HyperError(f"open {source}: {reason}") from err
-        st = os.fstat(tar.fileno())
-        length = st.st_size if stat.S_ISREG(st.st_mode) else None
+            found.append(client.image(name))
+        except APIError as err:
+            if err.status == 404 and kind is None:
+                raise HyperError(f"No such object: {name}") from err
+            raise
+
     try:
-        result = _client(host).import_image(tar, length, repo, tag)
+        each(names, look_up)
     finally:
-        if tar is not sys.stdin.buffer:
-            tar.close()
-    click.echo(result["Id"])
+        if fmt is None:
+            click.echo(json.dumps(found, indent=4))
+        else:
+            from cli import template
 
-
-@cli.command()
-@click.argument("reference", metavar="NAME[:TAG|@DIGEST]")
-@click.option("--platform", default="", metavar="OS/ARCH[/VARIANT]",
-              help="Platform to pull from a multi-platform image.")
-@click.pass_obj
-def pull(host: str, reference: str, platform: str) -> None:
-    """Pull an image from a registry."""
-    result = _client(host).pull(reference, platform)
-    click.echo(f"Digest: {result['Digest']}")
-    click.echo(f"Status: {result.get('Status') or f'Downloaded newer image for {reference}'}")
-    click.echo(reference)
+            for line in template.render(fmt, found):
+                click.echo(line)
 
 
 @cli.command()
@@ -400,7 +335,7 @@ def info(host: str) -> None:
     """Show system-wide information from hyperd."""
     from cli import output
 
-    for line in output.tree(_client(host).info()):
+    for line in output.tree(connect(host).info()):
         click.echo(line)
 
 
@@ -426,7 +361,7 @@ def version(host: str) -> None:
     click.echo("Client:")
     for line in output.tree(client, indent=1, align=True):
         click.echo(line)
-    server = _client(host).version()
+    server = connect(host).version()
     click.echo("\nServer:")
     for line in output.tree(server if isinstance(server, dict) else {"Version": server}, indent=1, align=True):
         click.echo(line)
@@ -444,6 +379,19 @@ def daemon(args: tuple[str, ...]) -> None:
     except ImportError as err:
         raise HyperError(f"cannot load hyperd: {err}") from err
     daemon_main(args=list(args), prog_name="hyper daemon", standalone_mode=True)
+
+
+for _command in images.TOP_LEVEL:
+    cli.add_command(_command)
+
+
+@cli.group("image")
+def image() -> None:
+    """Manage images."""
+
+
+for _name, _command in images.IMAGE_GROUP.items():
+    image.add_command(_command, _name)
 
 
 def main() -> NoReturn:

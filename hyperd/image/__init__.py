@@ -8,6 +8,7 @@ Every error raised by this package derives from ``ImageError``:
 
     ImageError                    root; the daemon will later re-parent it under its own root
     ├── ImageNotFound             no image matches a reference           (.reference)
+    ├── ImageInUse                a removal refused: containers or other names use the image   (.image_id, .forceable)
     ├── InvalidReference          a reference that is not name[:tag][@digest] or an id   (.reference, .reason)
     ├── InvalidLayer              a layer tarball that is malformed or unsafe            (.entry, .reason)
     ├── CorruptBlob               stored content that no longer matches its digest       (.digest, .reason)
@@ -30,6 +31,16 @@ class ImageNotFound(ImageError):
         # Docker's wording: users and scripts match on it.
         super().__init__(f"No such image: {reference}")
         self.reference = reference
+
+
+class ImageInUse(ImageError):
+    """Docker's 409 conflict on ``rmi``; ``forceable`` tells whether ``force`` would have lifted it."""
+
+    def __init__(self, message: str, image_id: str, *, forceable: bool) -> None:
+        # Docker's wording after "conflict: ": users and scripts match on it.
+        super().__init__(f"conflict: {message}")
+        self.image_id = image_id
+        self.forceable = forceable
 
 
 class InvalidReference(ImageError):
@@ -80,5 +91,5 @@ class DiskError(ImageError):
         self.output = output
 
 
-__all__ = ["CorruptBlob", "DiskError", "ImageError", "ImageNotFound", "InvalidLayer", "InvalidReference",
-           "ManifestUnknown", "RegistryError"]
+__all__ = ["CorruptBlob", "DiskError", "ImageError", "ImageInUse", "ImageNotFound", "InvalidLayer",
+           "InvalidReference", "ManifestUnknown", "RegistryError"]

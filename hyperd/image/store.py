@@ -6,6 +6,7 @@ Layout under the daemon's root directory::
     images/blobs/sha256/<hex>       content-addressed blobs: layer tarballs, configs, manifests
     images/disks/<chain-hex>.erofs  one flattened read-only disk per layer stack, shared by pods
     images/tmp/<pid>-...            scratch space for disk builds, on the same filesystem
+    images/store.lock               held shared by every open store (see "Removal" below)
 
 Images are OCI through and through (manifest, config, gzip layers, diff_ids), so that
 pulling from a registry, ``save``/``load`` and reference-counted removal can be added on
@@ -15,6 +16,13 @@ Blobs (``blobs.py``) are committed crash-safely and report whether they are new,
 import that fails removes exactly the blobs it created.  The database
 rows are written in one transaction after the blobs, so a row never names a missing blob.
 
+Removal follows ``docker rmi``: names go first, the image goes with its last name unless a
+container uses it.  Files are reference-counted through the rows: deleting an image's rows
+(one transaction) is followed by unlinking those of its blobs and its disk that no remaining
+image names.  A crash in between leaves files no row names; they are collected when a store
+opens with ``images/store.lock`` to itself.  Only then: while another store is open (the
+daemon), a pull's blobs are committed before its rows exist and would look unreferenced.
+
 Thread-safety: one ImageStore per daemon.  Its methods may be called from several
 threads (the daemon runs them under ``asyncio.to_thread``): database access and blob
 commits are serialized by a lock, and each disk is built once however many pods ask.
@@ -23,21 +31,25 @@ commits are serialized by a lock, and each disk is built once however many pods 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import io
+import itertools
 import json
+import os
 import platform
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import types
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hyperd.image import CorruptBlob, ImageError, ImageNotFound, InvalidLayer, InvalidReference
+from hyperd.image import CorruptBlob, ImageError, ImageInUse, ImageNotFound, InvalidLayer, InvalidReference
 from hyperd.image import disk as disks
 from hyperd.image.blobs import Blobs, remove_stale
 from hyperd.image.layers import MALFORMED, Compression, DigestReader, validate_layer
@@ -49,8 +61,12 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Go's default gzip level, as Docker uses: level 9 costs several times the CPU for ~1%.
 GZIP_LEVEL = 6
 DB_BUSY_MS = 5000
+# remove()'s default: no container uses any image (read-only, unlike a {} default).
+_NO_USERS: Mapping[str, bool] = types.MappingProxyType({})
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]{64}")
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)?", re.IGNORECASE)
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
                   "s390x": "s390x", "riscv64": "riscv64"}
 
@@ -79,7 +95,18 @@ CREATE TABLE IF NOT EXISTS image_layers (
     PRIMARY KEY (image_id, idx)
 );
 CREATE INDEX IF NOT EXISTS image_layers_digest ON image_layers(digest);
+CREATE TABLE IF NOT EXISTS image_digests (
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,                -- what a pull resolved: the index digest for a multi-platform image
+    image_id TEXT NOT NULL REFERENCES image_images(id) ON DELETE CASCADE,
+    PRIMARY KEY (repository, digest)
+);
+CREATE INDEX IF NOT EXISTS image_digests_image ON image_digests(image_id);
 """
+# Columns added after databases existed on users' machines: added when missing, old rows read NULL.
+ADDED_COLUMNS = (
+    ("image_layers", "content_size", "INTEGER"),  # bytes of the uncompressed layer
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +253,7 @@ class Layer:
     digest: str       # the blob, as stored and as a registry serves it
     media_type: str
     size: int         # bytes of the blob
+    content_size: int | None = None  # bytes of the uncompressed tar; None in rows older than the column
 
 
 @dataclass(frozen=True)
@@ -235,8 +263,14 @@ class Image:
     created: int                     # unix seconds, as Docker's API reports it
     size: int                        # bytes of the uncompressed layers
     references: tuple[str, ...]      # repository:tag, sorted
+    repo_digests: tuple[str, ...]    # repository@digest, sorted: what pulls resolved
     config: ImageConfig
     layers: tuple[Layer, ...]
+
+    @property
+    def dangling(self) -> bool:
+        """No tag: ``<none>:<none>`` to ``docker images``, and what ``prune`` removes by default."""
+        return not self.references
 
     @property
     def created_at(self) -> datetime:
@@ -270,24 +304,46 @@ class ImageStore:
         self.tmp_dir = images / "tmp"
         for directory in (self.disks_dir, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        remove_stale(self.tmp_dir, "")
-        remove_stale(self.blobs.dir, ".tmp-")
         # One connection used from several threads, always under self._lock.
         self._db = sqlite3.connect(self.root / "hyper.db", isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
         self._disk_locks: dict[str, threading.Lock] = {}
-        with self._lock:
-            self._db.execute(f"PRAGMA busy_timeout = {DB_BUSY_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            with self._transaction():
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+        self._store_lock = -1
+        try:
+            self._store_lock = os.open(images / "store.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(self._store_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                alone = False
+            remove_stale(self.tmp_dir, "")
+            remove_stale(self.blobs.dir, ".tmp-")
+            with self._lock:
+                self._db.execute(f"PRAGMA busy_timeout = {DB_BUSY_MS}")
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA foreign_keys = ON")
+                with self._transaction():
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    for table, column, kind in ADDED_COLUMNS:
+                        if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                if alone:
+                    self._collect()
+            # Shared from now on: later opens (python3 -m hyperd.image.busybox beside the daemon) must not collect.
+            fcntl.flock(self._store_lock, fcntl.LOCK_SH)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
+        """Close the database and release ``store.lock``; safe to call twice."""
         with self._lock:
             self._db.close()
+            if self._store_lock >= 0:
+                os.close(self._store_lock)
+                self._store_lock = -1
 
     def __enter__(self) -> ImageStore:
         return self
@@ -342,11 +398,13 @@ class ImageStore:
                         plain.drain()
             except MALFORMED as err:
                 raise InvalidLayer(f"not a valid tar archive: {err}") from err
-            layer = Layer(plain.digest, layer_blob.digest, LAYER_GZIP, layer_blob.size)
+            layer = Layer(plain.digest, layer_blob.digest, LAYER_GZIP, layer_blob.size, plain.size)
             config_json = _canonical({
                 "architecture": _ARCHITECTURES.get(platform.machine(), platform.machine()),
                 "os": "linux",
                 "created": _timestamp(created),
+                # Docker's import puts the message both here (inspect's Comment) and in the history.
+                **({"comment": comment} if comment else {}),
                 "config": (config or ImageConfig()).to_oci(),
                 "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
                 "history": [{"created": _timestamp(created), "created_by": "hyper import",
@@ -363,7 +421,7 @@ class ImageStore:
                 if self._exists(config_digest):
                     # Same config, hence the same diff_ids: the image is already here.
                     if target is not None:
-                        self._set_tag(config_digest, target)
+                        self._set_reference(config_digest, target)
                     return self._load(config_digest)
                 created_blobs: list[str] = []
                 try:
@@ -373,16 +431,11 @@ class ImageStore:
                         digest, new = self.blobs.put(data)
                         if new:
                             created_blobs.append(digest)
-                    with self._transaction() as db:
-                        db.execute("INSERT INTO image_images (id, manifest_digest, created, size, config) "
-                                   "VALUES (?, ?, ?, ?, ?)",
-                                   (config_digest, _digest(manifest_json), int(created.timestamp()), plain.size,
-                                    config_json.decode()))
-                        db.execute("INSERT INTO image_layers (image_id, idx, diff_id, digest, media_type, size) "
-                                   "VALUES (?, 0, ?, ?, ?, ?)",
-                                   (config_digest, layer.diff_id, layer.digest, layer.media_type, layer.size))
+                    with self._transaction():
+                        self._insert(config_digest, _digest(manifest_json), int(created.timestamp()), plain.size,
+                                     config_json, [layer])
                         if target is not None:
-                            self._set_tag(config_digest, target)
+                            self._set_reference(config_digest, target)
                 except BaseException:
                     # Only what this import created: an existing blob may belong to another image.
                     for digest in created_blobs:
@@ -391,18 +444,25 @@ class ImageStore:
                 return self._load(config_digest)
 
     def record(self, manifest: bytes, config: bytes, layers: Sequence[Layer], size: int,
-               reference: str | None) -> Image:
+               reference: str | None, *, repo_digest: str | None = None) -> Image:
         """Record an image whose layer blobs are already committed (a pull), exactly as an import is recorded.
 
         ``layers`` are the manifest's, bottom first, with the diff_ids their content was checked against;
-        ``size`` is the bytes of their uncompressed content.
+        ``size`` is the bytes of their uncompressed content.  ``repo_digest`` (``name@sha256:...``) is
+        the digest the pull resolved, the index's for a multi-platform image; ``resolve`` finds it.
         The config and manifest become blobs; the rows are written in one transaction, so on failure
         the store has no trace of the image but verified content-addressed blobs.  An image already
-        present is only (re)tagged.
+        present is only (re)tagged and given the repo digest.
         """
         target = parse_reference(reference) if reference is not None else None
         if target is not None and target.digest is not None:
             target = None  # pulled by digest: Docker records no tag
+        names = [target] if target is not None else []
+        if repo_digest is not None:
+            pinned = parse_reference(repo_digest)
+            if pinned.digest is None:
+                raise InvalidReference(repo_digest, "a repo digest must name a digest")
+            names.append(Reference(pinned.repository, digest=pinned.digest))
         try:
             document = json.loads(config)
         except ValueError as err:
@@ -414,28 +474,22 @@ class ImageStore:
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if diff_ids != [layer.diff_id for layer in layers]:
             raise ImageError("image config: rootfs.diff_ids do not match the layers' content")
-        for layer in layers:
-            if layer.digest not in self.blobs:
-                raise CorruptBlob(layer.digest, "it is missing")
         config_digest = _digest(config)
         created = _parse_timestamp(document.get("created"))
         with self._lock:
-            if not self._exists(config_digest):
+            # Checked under the lock: a removal unlinks blobs no row names, as these are until the rows exist.
+            for layer in layers:
+                if layer.digest not in self.blobs:
+                    raise CorruptBlob(layer.digest, "it is missing")
+            new = not self._exists(config_digest)
+            if new:
                 self.blobs.put(config)
                 self.blobs.put(manifest)
-                with self._transaction() as db:
-                    db.execute("INSERT INTO image_images (id, manifest_digest, created, size, config) "
-                               "VALUES (?, ?, ?, ?, ?)",
-                               (config_digest, _digest(manifest), created, size, config.decode()))
-                    db.executemany("INSERT INTO image_layers (image_id, idx, diff_id, digest, media_type, size) "
-                                   "VALUES (?, ?, ?, ?, ?, ?)",
-                                   [(config_digest, idx, layer.diff_id, layer.digest, layer.media_type, layer.size)
-                                    for idx, layer in enumerate(layers)])
-                    if target is not None:
-                        self._set_tag(config_digest, target)
-            elif target is not None:
-                with self._transaction():
-                    self._set_tag(config_digest, target)
+            with self._transaction():
+                if new:
+                    self._insert(config_digest, _digest(manifest), created, size, config, layers)
+                for name in names:
+                    self._set_reference(config_digest, name)
             return self._load(config_digest)
 
     # -- lookups --------------------------------------------------------------------------------
@@ -443,39 +497,11 @@ class ImageStore:
     def resolve(self, reference: str) -> Image:
         """The image named by ``name[:tag]``, ``name@digest``, a full id or a unique id prefix (>= 4 hex).
 
+        ``name@digest`` is a repo digest recorded by a pull or any image's manifest digest.
         Like Docker, a name wins over an id prefix it also spells (``beef``).
         """
         with self._lock:
-            if reference.startswith("sha256:"):
-                found = self._by_id_prefix(reference[7:])
-                if found is None:
-                    raise ImageNotFound(reference)
-                return found
-            if re.fullmatch(r"[0-9a-f]{64}", reference):
-                found = self._by_id_prefix(reference)
-                if found is None:
-                    raise ImageNotFound(reference)
-                return found
-            try:
-                parsed: Reference | None = parse_reference(reference)
-            except InvalidReference:
-                if not re.fullmatch(r"[0-9a-f]{4,63}", reference):
-                    raise
-                parsed = None
-            if parsed is not None:
-                image_id = self._by_reference(parsed)
-                if image_id is not None:
-                    return self._load(image_id)
-            found = self._by_id_prefix(reference)
-            if found is None:
-                raise ImageNotFound(str(parsed) if parsed is not None else reference)
-            return found
-
-    def list(self) -> list[Image]:
-        """Every image, newest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT id FROM image_images ORDER BY created DESC, id").fetchall()
-            return [self._load(image_id) for (image_id,) in rows]
+            return self._find(reference)[0]
 
     def tag(self, image: Image, reference: str) -> Image:
         """Point ``reference`` at ``image`` (moving it off any other image); returns the image as now tagged."""
@@ -486,8 +512,171 @@ class ImageStore:
             if not self._exists(image.id):
                 raise ImageNotFound(image.id)
             with self._transaction():
-                self._set_tag(image.id, target)
+                self._set_reference(image.id, target)
             return self._load(image.id)
+
+    def inspect(self, image: Image) -> dict[str, Any]:
+        """Docker's ``GET /images/{name}/json`` for ``image``, read from its stored config.
+
+        The config came from a registry: a field of the wrong type shows as empty rather than
+        making the image uninspectable.
+        """
+        document = self._document(image.id)
+        created = document.get("created")
+        config = document.get("config")
+        out: dict[str, Any] = {
+            "Id": image.id,
+            "RepoTags": list(image.references),
+            "RepoDigests": list(image.repo_digests),
+            "Parent": "",
+            "Comment": _text(document.get("comment")),
+            # The config's own text keeps Go's nanoseconds, as Docker shows them.
+            "Created": (created.strip() if isinstance(created, str) and _parse_time(created) is not None
+                        else _timestamp(image.created_at)),
+            "Author": _text(document.get("author")),
+            "Config": config if isinstance(config, dict) else None,
+            "Architecture": _text(document.get("architecture")),
+            "Os": _text(document.get("os")),
+            "Size": image.size,
+            "RootFS": {"Type": "layers", "Layers": list(image.diff_ids)},
+        }
+        if variant := _text(document.get("variant")):
+            out["Variant"] = variant
+        return out
+
+    def history(self, image: Image) -> list[dict[str, Any]]:
+        """Docker's ``GET /images/{name}/history``: the config's history, newest first.
+
+        As for a pulled image in Docker, only the top entry has an id (the image's) and tags.
+        ``Size`` is the uncompressed size of the entry's layer; rows stored before that was
+        recorded have only the compressed blob's size, which is shown instead.
+        """
+        entries = self._document(image.id).get("history")
+        layers = iter(image.layers)
+        out: list[dict[str, Any]] = []
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            size = 0
+            if entry.get("empty_layer") is not True and (layer := next(layers, None)) is not None:
+                size = layer.content_size if layer.content_size is not None else layer.size
+            out.append({"Id": "<missing>", "Created": _parse_timestamp(entry.get("created")),
+                        "CreatedBy": _text(entry.get("created_by")), "Tags": None, "Size": size,
+                        "Comment": _text(entry.get("comment"))})
+        out.reverse()
+        if out:
+            # Go's nil slice: null when the image has no tag.
+            out[0].update(Id=image.id, Tags=list(image.references) or None)
+        return out
+
+    # -- removal --------------------------------------------------------------------------------
+
+    def remove(self, reference: str, *, force: bool = False,
+               users: Mapping[str, bool] = _NO_USERS) -> list[dict[str, str]]:
+        """``docker rmi``: Docker's list of ``{"Untagged": name}`` and ``{"Deleted": id}`` records.
+
+        ``users`` maps the id of each image a container uses to whether one of those is running.
+        A name (tag or repo digest) is untagged; the image goes with its last name unless a
+        container uses it.  An id removes every name and the image: refused without ``force``
+        if the image has several tags or repositories or a stopped container uses it.  With
+        ``force`` an image only stopped containers use is untagged but kept (dangling), since
+        they need it to start again; one a running container uses is never removed (ImageInUse).
+        """
+        with self._lock:
+            image, named = self._find(reference)
+            names = self._names(image.id)
+            used = users.get(image.id)  # None: no container; False: only stopped ones
+            single = _single_name(names)
+            if named is not None:
+                if single and used is not None:
+                    # Untagging the last name would leave an image a container uses dangling.
+                    if used:
+                        raise _running(image)
+                    if not force:
+                        raise ImageInUse(f'unable to remove repository reference "{named}" (must force) - '
+                                         f"a stopped container is using its referenced image {image.short_id}",
+                                         image.id, forceable=True)
+                untag = [named]
+                if named.tag is not None and not any(name.tag is not None and name.repository == named.repository
+                                                     and name != named for name in names):
+                    # As Docker: a repository's digests go with its last tag.
+                    untag += [name for name in names if name.digest is not None and name.repository == named.repository]
+            else:
+                if used:
+                    raise _running(image)
+                if not force and names and not single:
+                    raise ImageInUse(f"unable to delete {image.short_id} (must be forced) - "
+                                     "image is referenced in multiple repositories", image.id, forceable=True)
+                if not force and used is not None:
+                    raise ImageInUse(f"unable to delete {image.short_id} (must be forced) - "
+                                     "image is being used by a stopped container", image.id, forceable=True)
+                untag = names
+            return self._drop(image, untag, delete=used is None and len(untag) == len(names))[0]
+
+    def prune(self, *, all: bool = False, users: Collection[str] = ()) -> tuple[list[dict[str, str]], int]:
+        """``docker image prune``: remove dangling images (every image with ``all``) no container uses.
+
+        ``users`` are the ids of images containers use, running or not.  Returns Docker's
+        ``ImagesDeleted`` records and ``SpaceReclaimed``: the bytes of the blobs and disks unlinked.
+        """
+        records: list[dict[str, str]] = []
+        reclaimed = 0
+        with self._lock:
+            for image in self.list():
+                if image.id in users or not (all or image.dangling):
+                    continue
+                dropped, freed = self._drop(image, self._names(image.id), delete=True)
+                records += dropped
+                reclaimed += freed
+        return records, reclaimed
+
+    def _drop(self, image: Image, untag: Sequence[Reference], *, delete: bool) -> tuple[list[dict[str, str]], int]:
+        """Remove the names ``untag`` and, with ``delete``, the image and the files only it used.
+
+        Returns Docker's records and the bytes unlinked.
+        """
+        with self._transaction() as db:
+            for name in untag:
+                if name.digest is not None:
+                    db.execute("DELETE FROM image_digests WHERE repository = ? AND digest = ?",
+                               (name.repository, name.digest))
+                else:
+                    db.execute("DELETE FROM image_tags WHERE repository = ? AND tag = ?", (name.repository, name.tag))
+            if delete:
+                db.execute("DELETE FROM image_images WHERE id = ?", (image.id,))
+        records = [{"Untagged": str(name)} for name in untag]
+        if not delete:
+            return records, 0
+        # After the commit: a crash here leaves files no row names, which the next exclusive open collects.
+        unused = {image.id, image.manifest_digest, *(layer.digest for layer in image.layers)} - self._referenced()
+        freed = sum(_unlink(self.blobs.path(digest)) for digest in sorted(unused))
+        if image.chain_id not in self._chains():
+            freed += _unlink(self.disk_path(image))
+        return [*records, {"Deleted": image.id}], freed
+
+    def _collect(self) -> None:
+        """Unlink the blobs and disks no image names (run only with ``store.lock`` held exclusively)."""
+        referenced = {digest.removeprefix("sha256:") for digest in self._referenced()}
+        for entry in self.blobs.dir.iterdir():
+            # Other names (.tmp-*, .partial-*) belong to blobs.py.
+            if _HEX.fullmatch(entry.name) and entry.name not in referenced:
+                _unlink(entry)
+        chains = {f"{chain.removeprefix('sha256:')}.erofs" for chain in self._chains()}
+        for entry in self.disks_dir.iterdir():
+            if _HEX.fullmatch(entry.name.removesuffix(".erofs")) and entry.name not in chains:
+                _unlink(entry)
+
+    def _referenced(self) -> set[str]:
+        """Every blob an image names: configs, manifests, layers."""
+        rows = self._db.execute("SELECT id FROM image_images UNION SELECT manifest_digest FROM image_images "
+                                "UNION SELECT digest FROM image_layers").fetchall()
+        return {str(digest) for (digest,) in rows}
+
+    def _chains(self) -> set[str]:
+        """The chain id of every image: the disks still wanted."""
+        rows = self._db.execute("SELECT image_id, diff_id FROM image_layers ORDER BY image_id, idx").fetchall()
+        return {disks.chain_id([str(row[1]) for row in group])
+                for _, group in itertools.groupby(rows, key=lambda row: row[0])}
 
     # -- disks ----------------------------------------------------------------------------------
 
@@ -513,20 +702,76 @@ class ImageStore:
     def _exists(self, image_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM image_images WHERE id = ?", (image_id,)).fetchone() is not None
 
-    def _set_tag(self, image_id: str, target: Reference) -> None:
-        assert target.tag is not None
-        self._db.execute("INSERT OR REPLACE INTO image_tags (repository, tag, image_id) VALUES (?, ?, ?)",
-                         (target.repository, target.tag, image_id))
+    def _insert(self, image_id: str, manifest_digest: str, created: int, size: int, config: bytes,
+                layers: Sequence[Layer]) -> None:
+        self._db.execute("INSERT INTO image_images (id, manifest_digest, created, size, config) VALUES (?, ?, ?, ?, ?)",
+                         (image_id, manifest_digest, created, size, config.decode()))
+        self._db.executemany(
+            "INSERT INTO image_layers (image_id, idx, diff_id, digest, media_type, size, content_size) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(image_id, idx, layer.diff_id, layer.digest, layer.media_type, layer.size, layer.content_size)
+             for idx, layer in enumerate(layers)])
 
-    def _by_reference(self, reference: Reference) -> str | None:
+    def _set_reference(self, image_id: str, name: Reference) -> None:
+        """Point a tag or a repo digest at the image, moving it off any other."""
+        if name.digest is not None:
+            self._db.execute("INSERT OR REPLACE INTO image_digests (repository, digest, image_id) VALUES (?, ?, ?)",
+                             (name.repository, name.digest, image_id))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO image_tags (repository, tag, image_id) VALUES (?, ?, ?)",
+                             (name.repository, name.tag, image_id))
+
+    def _names(self, image_id: str) -> list[Reference]:
+        """The image's tags then its repo digests, each sorted."""
+        tags = self._db.execute("SELECT repository, tag FROM image_tags WHERE image_id = ? ORDER BY repository, tag",
+                                (image_id,)).fetchall()
+        digests = self._db.execute("SELECT repository, digest FROM image_digests WHERE image_id = ? "
+                                   "ORDER BY repository, digest", (image_id,)).fetchall()
+        return ([Reference(repository, tag=tag) for repository, tag in tags]
+                + [Reference(repository, digest=digest) for repository, digest in digests])
+
+    def _find(self, reference: str) -> tuple[Image, Reference | None]:
+        """The image ``reference`` names and, if that is by one of its names (tag, repo digest), the name."""
+        if reference.startswith("sha256:"):
+            found = self._by_id_prefix(reference[7:])
+            if found is None:
+                raise ImageNotFound(reference)
+            return found, None
+        if _HEX.fullmatch(reference):
+            found = self._by_id_prefix(reference)
+            if found is None:
+                raise ImageNotFound(reference)
+            return found, None
+        try:
+            parsed: Reference | None = parse_reference(reference)
+        except InvalidReference:
+            if not re.fullmatch(r"[0-9a-f]{4,63}", reference):
+                raise
+            parsed = None
+        if parsed is not None:
+            by_name = self._by_reference(parsed)
+            if by_name is not None:
+                return self._load(by_name[0]), by_name[1]
+        found = self._by_id_prefix(reference)
+        if found is None:
+            raise ImageNotFound(str(parsed) if parsed is not None else reference)
+        return found, None
+
+    def _by_reference(self, reference: Reference) -> tuple[str, Reference | None] | None:
+        """The image id and the stored name matched; no name when a digest matched only a manifest."""
         if reference.digest is not None:
+            name = Reference(reference.repository, digest=reference.digest)
+            row = self._db.execute("SELECT image_id FROM image_digests WHERE repository = ? AND digest = ?",
+                                   (name.repository, name.digest)).fetchone()
+            if row is not None:
+                return str(row[0]), name
             row = self._db.execute(
                 "SELECT id FROM image_images WHERE manifest_digest = ? ORDER BY id LIMIT 1", (reference.digest,)
             ).fetchone()
-        else:
-            row = self._db.execute("SELECT image_id FROM image_tags WHERE repository = ? AND tag = ?",
-                                   (reference.repository, reference.tag)).fetchone()
-        return None if row is None else str(row[0])
+            return None if row is None else (str(row[0]), None)
+        row = self._db.execute("SELECT image_id FROM image_tags WHERE repository = ? AND tag = ?",
+                               (reference.repository, reference.tag)).fetchone()
+        return None if row is None else (str(row[0]), reference)
 
     def _by_id_prefix(self, prefix: str) -> Image | None:
         if not re.fullmatch(r"[0-9a-f]{4,64}", prefix):
@@ -536,29 +781,74 @@ class ImageStore:
                                 (f"sha256:{prefix}%",)).fetchall()
         return self._load(rows[0][0]) if len(rows) == 1 else None
 
+    def _document(self, image_id: str) -> dict[str, Any]:
+        """The image's config, as stored."""
+        with self._lock:
+            row = self._db.execute("SELECT config FROM image_images WHERE id = ?", (image_id,)).fetchone()
+        if row is None:
+            raise ImageNotFound(image_id)
+        return _parse_config(image_id, row[0])
+
     def _load(self, image_id: str) -> Image:
         row = self._db.execute("SELECT manifest_digest, created, size, config FROM image_images WHERE id = ?",
                                (image_id,)).fetchone()
         if row is None:
             raise ImageNotFound(image_id)
         manifest_digest, created, size, config_text = row
-        tags = self._db.execute("SELECT repository, tag FROM image_tags WHERE image_id = ? ORDER BY repository, tag",
-                                (image_id,)).fetchall()
-        layers = self._db.execute("SELECT diff_id, digest, media_type, size FROM image_layers WHERE image_id = ? "
-                                  "ORDER BY idx", (image_id,)).fetchall()
-        try:
-            config = json.loads(config_text)
-        except ValueError as err:
-            raise ImageError(f"image {image_id}: stored config is not JSON: {err}") from err
+        names = self._names(image_id)
+        layers = self._db.execute("SELECT diff_id, digest, media_type, size, content_size FROM image_layers "
+                                  "WHERE image_id = ? ORDER BY idx", (image_id,)).fetchall()
         return Image(
             id=image_id,
             manifest_digest=manifest_digest,
             created=int(created),
             size=size,
-            references=tuple(f"{repository}:{tag}" for repository, tag in tags),
-            config=ImageConfig.from_oci(config.get("config") if isinstance(config, dict) else None),
+            references=tuple(str(name) for name in names if name.digest is None),
+            repo_digests=tuple(str(name) for name in names if name.digest is not None),
+            config=ImageConfig.from_oci(_parse_config(image_id, config_text).get("config")),
             layers=tuple(Layer(*layer) for layer in layers),
         )
+
+    # Last in the class: a method named list shadows the builtin in the annotations after it.
+    def list(self) -> list[Image]:
+        """Every image, newest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM image_images ORDER BY created DESC, id").fetchall()
+            return [self._load(image_id) for (image_id,) in rows]
+
+
+def _parse_config(image_id: str, text: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except ValueError as err:
+        raise ImageError(f"image {image_id}: stored config is not JSON: {err}") from err
+    if not isinstance(document, dict):
+        raise ImageError(f"image {image_id}: stored config is not a JSON object")
+    return document
+
+
+def _single_name(names: Sequence[Reference]) -> bool:
+    """Docker's "isSingleReference": one repository and at most one tag, so removing one name may orphan the image."""
+    return len({name.repository for name in names}) == 1 and sum(name.tag is not None for name in names) <= 1
+
+
+def _running(image: Image) -> ImageInUse:
+    return ImageInUse(f"unable to delete {image.short_id} (cannot be forced) - "
+                      "image is being used by a running container", image.id, forceable=False)
+
+
+def _unlink(path: Path) -> int:
+    """Remove a file; the bytes it held (0 if it was already gone)."""
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _canonical(document: Mapping[str, Any]) -> bytes:
@@ -578,17 +868,22 @@ def _timestamp(moment: datetime) -> str:
     return text + "Z"
 
 
-def _parse_timestamp(value: object) -> int:
-    """Unix seconds of an RFC 3339 ``created`` (Go writes nanoseconds, Python reads at most micro); 0 if absent."""
-    if not isinstance(value, str):
-        return 0
-    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)?", value.strip(),
-                         re.IGNORECASE)
+def _parse_time(value: object) -> datetime | None:
+    """An RFC 3339 time (Go writes nanoseconds, Python reads at most micro); None if ``value`` is not one."""
+    match = _RFC3339.fullmatch(value.strip()) if isinstance(value, str) else None
     if match is None:
-        return 0
+        return None
     zone = match.group(2) or "Z"
-    moment = datetime.fromisoformat(match.group(1) + ("+00:00" if zone.upper() == "Z" else zone))
-    return int(moment.timestamp())
+    try:
+        return datetime.fromisoformat(match.group(1) + ("+00:00" if zone.upper() == "Z" else zone))
+    except ValueError:  # well-formed but impossible: month 13
+        return None
+
+
+def _parse_timestamp(value: object) -> int:
+    """Unix seconds of an RFC 3339 ``created``; 0 if absent or invalid."""
+    moment = _parse_time(value)
+    return 0 if moment is None else int(moment.timestamp())
 
 
 __all__ = ["Image", "ImageConfig", "ImageStore", "Layer", "Reference", "parse_reference"]

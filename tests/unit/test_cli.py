@@ -296,9 +296,11 @@ def test_run_start_failure_exits_with_the_daemon_exit_code(hyperd: FakeHyperd) -
 
 
 def test_run_missing_image_is_one_line_and_125(hyperd: FakeHyperd) -> None:
+    # --pull never: no pull (test_cli_images.py covers the default, which pulls).
     hyperd.on("POST", "/containers/create", Reply(404, {"message": "No such image: nosuch:latest"}))
-    result = hyper(hyperd, "run", "nosuch")
+    result = hyper(hyperd, "run", "--pull", "never", "nosuch")
     assert (result.exit_code, result.stderr) == (125, "hyper: No such image: nosuch:latest\n")
+    assert [r.path for r in hyperd.requests] == ["/containers/create"]
 
 
 def test_run_wait_error_is_reported(hyperd: FakeHyperd) -> None:

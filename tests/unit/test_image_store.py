@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from hyperd.image import DiskError, ImageNotFound, InvalidLayer, InvalidReference
+from hyperd.image import DiskError, ImageInUse, ImageNotFound, InvalidLayer, InvalidReference
 from hyperd.image import busybox as busybox_image
 from hyperd.image import disk as disks
-from hyperd.image.store import CONFIG, LAYER_GZIP, MANIFEST, Image, ImageConfig, ImageStore, parse_reference
+from hyperd.image.store import CONFIG, LAYER_GZIP, MANIFEST, Image, ImageConfig, ImageStore, Layer, parse_reference
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="building a disk preserves ownership, which needs root")
 CREATED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -53,11 +53,11 @@ def blob_names(store: ImageStore) -> list[str]:
     return sorted(os.listdir(store.blobs.dir))
 
 
-def rows(store: ImageStore) -> dict[str, int]:
+def rows(store: ImageStore, tables: tuple[str, ...] = ("image_images", "image_tags", "image_layers")
+         ) -> dict[str, int]:
     db = sqlite3.connect(store.root / "hyper.db")
     try:
-        return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                for table in ("image_images", "image_tags", "image_layers")}
+        return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables}
     finally:
         db.close()
 
@@ -196,7 +196,7 @@ def test_failure_after_blobs_are_written_removes_only_new_ones(store: ImageStore
     def broken(*args: object) -> None:
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(ImageStore, "_set_tag", broken)
+    monkeypatch.setattr(ImageStore, "_set_reference", broken)
     # Same layer (shared with `kept`), different config: the layer blob must survive.
     with pytest.raises(RuntimeError):
         store.import_rootfs(io.BytesIO(rootfs()), "other", config=ImageConfig(cmd=("true",)), created=CREATED)
@@ -282,6 +282,293 @@ def test_missing_mkfs_names_the_package(store: ImageStore, monkeypatch: pytest.M
     monkeypatch.setattr(disks, "MKFS", "mkfs.erofs-not-installed")
     with pytest.raises(DiskError, match="install the erofs-utils package"):
         store.disk(image)
+
+
+# -- pulled images, removal, garbage collection -------------------------------------------------
+
+
+def layer(store: ImageStore, files: dict[str, bytes]) -> Layer:
+    """A layer blob committed as a pull commits it, before any row names it."""
+    tar = rootfs(files)
+    blob = gzip.compress(tar, mtime=0)
+    digest, _ = store.blobs.put(blob)
+    return Layer(f"sha256:{hashlib.sha256(tar).hexdigest()}", digest, LAYER_GZIP, len(blob), len(tar))
+
+
+def pulled(store: ImageStore, layers: list[Layer], reference: str | None, *, repo_digest: str | None = None,
+           cmd: str = "sh", created: str = "2024-05-01T12:00:00.123456789Z",
+           history: list[object] | None = None) -> Image:
+    """Record an image as the registry client does: its layer blobs are already in the store."""
+    config = json.dumps({
+        "architecture": "arm64", "variant": "v8", "os": "linux", "author": "someone",
+        "created": created,
+        "config": {"Cmd": [cmd], "Env": ["PATH=/bin"], "Labels": {"k": "v"}},
+        "rootfs": {"type": "layers", "diff_ids": [item.diff_id for item in layers]},
+        "history": history if history is not None else [{"created": "2024-05-01T12:00:00Z", "created_by": "ADD x"}
+                                                        for _ in layers],
+    }).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": MANIFEST,
+        "config": {"mediaType": CONFIG, "digest": f"sha256:{hashlib.sha256(config).hexdigest()}",
+                   "size": len(config)},
+        "layers": [{"mediaType": item.media_type, "digest": item.digest, "size": item.size} for item in layers],
+    }).encode()
+    return store.record(manifest, config, layers, sum(item.content_size or 0 for item in layers), reference,
+                        repo_digest=repo_digest)
+
+
+def fake_disk(store: ImageStore, image: Image) -> Path:
+    """Stand-in for store.disk(image): removal only cares that the file exists and what it weighs."""
+    path = store.disk_path(image)
+    path.write_bytes(b"erofs" * 100)
+    return path
+
+
+def blob_files(image: Image) -> set[str]:
+    return {digest.removeprefix("sha256:")
+            for digest in (image.id, image.manifest_digest, *(item.digest for item in image.layers))}
+
+
+def test_remove_by_tag_untags_and_the_last_tag_deletes(store: ImageStore) -> None:
+    image = store.import_rootfs(io.BytesIO(rootfs()), "app:1", created=CREATED)
+    store.tag(image, "other/app:2")
+    disk = fake_disk(store, image)
+    assert store.remove("app:1") == [{"Untagged": "app:1"}]
+    assert store.resolve(image.id).references == ("other/app:2",)
+    assert set(blob_names(store)) == blob_files(image) and disk.exists()
+
+    assert store.remove("other/app:2") == [{"Untagged": "other/app:2"}, {"Deleted": image.id}]
+    assert blob_names(store) == [] and not disk.exists()
+    assert rows(store) == {"image_images": 0, "image_tags": 0, "image_layers": 0}
+    with pytest.raises(ImageNotFound, match="No such image: app:1"):
+        store.remove("app:1")
+
+
+def test_remove_by_id_needs_force_when_several_tags_name_it(store: ImageStore) -> None:
+    image = store.import_rootfs(io.BytesIO(rootfs()), "app:1", created=CREATED)
+    store.tag(image, "app:2")
+    with pytest.raises(ImageInUse) as err:
+        store.remove(image.short_id)
+    assert str(err.value) == (f"conflict: unable to delete {image.short_id} (must be forced) - "
+                              "image is referenced in multiple repositories")
+    assert err.value.forceable and err.value.image_id == image.id
+    assert store.remove(image.short_id, force=True) == [
+        {"Untagged": "app:1"}, {"Untagged": "app:2"}, {"Deleted": image.id}]
+    assert blob_names(store) == []
+
+    # One tag: an id removes it without force.
+    single = store.import_rootfs(io.BytesIO(rootfs()), "solo", created=CREATED)
+    assert store.remove(single.id) == [{"Untagged": "solo:latest"}, {"Deleted": single.id}]
+
+
+def test_a_stopped_container_keeps_its_image_even_when_forced(store: ImageStore) -> None:
+    image = store.import_rootfs(io.BytesIO(rootfs()), "app", created=CREATED)
+    disk = fake_disk(store, image)
+    stopped = {image.id: False}
+    with pytest.raises(ImageInUse) as err:
+        store.remove("app", users=stopped)
+    assert str(err.value) == ('conflict: unable to remove repository reference "app:latest" (must force) - '
+                              f"a stopped container is using its referenced image {image.short_id}")
+    with pytest.raises(ImageInUse, match=rf"^conflict: unable to delete {image.short_id} \(must be forced\) - "
+                                         "image is being used by a stopped container$"):
+        store.remove(image.id, users=stopped)
+
+    # Forced: untagged, but the container can still start from it.
+    assert store.remove("app", force=True, users=stopped) == [{"Untagged": "app:latest"}]
+    kept = store.resolve(image.id)
+    assert kept.dangling and kept.layers == image.layers
+    assert set(blob_names(store)) == blob_files(image) and disk.exists()
+    assert store.remove(image.id, force=True, users=stopped) == []
+    # Once the container is gone, the dangling image goes by id.
+    assert store.remove(image.short_id) == [{"Deleted": image.id}]
+    assert blob_names(store) == [] and not disk.exists()
+
+
+def test_a_running_container_keeps_its_image_whatever_the_force(store: ImageStore) -> None:
+    image = store.import_rootfs(io.BytesIO(rootfs()), "app", created=CREATED)
+    running = {image.id: True}
+    for reference in ("app", image.id):
+        for force in (False, True):
+            with pytest.raises(ImageInUse) as err:
+                store.remove(reference, force=force, users=running)
+            assert str(err.value) == (f"conflict: unable to delete {image.short_id} (cannot be forced) - "
+                                      "image is being used by a running container")
+            assert not err.value.forceable
+    assert store.resolve("app").id == image.id
+    # Another name may go: the image keeps one.
+    store.tag(image, "app:2")
+    assert store.remove("app:2", users=running) == [{"Untagged": "app:2"}]
+    assert store.resolve("app").references == ("app:latest",)
+
+
+def test_shared_layers_and_disks_go_with_their_last_image(store: ImageStore) -> None:
+    base = layer(store, {"etc/os-release": b"base\n"})
+    top = layer(store, {"srv/app": b"app\n"})
+    small = pulled(store, [base], "small")
+    twin = pulled(store, [base], "twin", cmd="true")  # another config over the same layers: the same disk
+    big = pulled(store, [base, top], "big")
+    assert small.chain_id == twin.chain_id != big.chain_id
+    small_disk, big_disk = fake_disk(store, small), fake_disk(store, big)
+
+    store.remove("small")
+    assert base.digest in store.blobs and small_disk.exists()
+    assert small.id not in store.blobs and small.manifest_digest not in store.blobs
+    store.remove("twin")
+    assert base.digest in store.blobs  # big still needs it
+    assert not small_disk.exists() and big_disk.exists()
+    store.remove("big")
+    assert blob_names(store) == [] and os.listdir(store.disks_dir) == []
+
+
+def test_open_collects_what_a_crash_left_unreferenced(tmp_path: Path) -> None:
+    with ImageStore(tmp_path) as store:
+        base = layer(store, {"etc/os-release": b"base\n"})
+        gone = pulled(store, [base, layer(store, {"gone": b"1"})], "gone")
+        kept = pulled(store, [base, layer(store, {"kept": b"2"})], "kept")
+        fake_disk(store, gone)
+        kept_disk = fake_disk(store, kept)
+        # A removal whose process died after its transaction, before unlinking anything.
+        db = sqlite3.connect(tmp_path / "hyper.db")
+        with db:
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("DELETE FROM image_images WHERE id = ?", (gone.id,))
+        db.close()
+        # blobs.py's own files are not the store's to collect.
+        owned = [store.blobs.dir / ".partial-abc", store.blobs.dir / f".tmp-{os.getpid()}-abc"]
+        for path in owned:
+            path.write_bytes(b"in progress")
+        expected = sorted({*blob_files(kept), *(path.name for path in owned)})
+
+        # While a store is open (the daemon, mid-pull), another open (the busybox installer) collects nothing.
+        with ImageStore(tmp_path) as beside:
+            assert len(blob_names(beside)) == len(expected) + 3
+    with ImageStore(tmp_path) as reopened:
+        assert blob_names(reopened) == expected
+        assert os.listdir(reopened.disks_dir) == [kept_disk.name]
+        assert reopened.resolve("kept").id == kept.id
+
+
+def test_prune_removes_dangling_images_no_container_uses(store: ImageStore) -> None:
+    base = layer(store, {"etc/os-release": b"base\n"})
+    tagged = pulled(store, [base], "tagged", created="2024-01-01T00:00:00Z")
+    dangling = pulled(store, [base, layer(store, {"a": b"1"})], None)
+    digest = f"used@sha256:{'b' * 64}"
+    used = pulled(store, [base, layer(store, {"b": b"2"})], None, repo_digest=digest, created="2025-01-01T00:00:00Z")
+    assert used.dangling and used.repo_digests == (digest,)  # a digest is no tag
+    disk = fake_disk(store, dangling)
+
+    def weight(paths: set[Path]) -> int:
+        return sum(path.stat().st_size for path in paths)
+
+    unshared = {store.blobs.dir / name for name in blob_files(dangling) - blob_files(tagged)} | {disk}
+    freed = weight(unshared)
+    assert store.prune(users={used.id}) == ([{"Deleted": dangling.id}], freed)
+    assert not any(path.exists() for path in unshared)
+    assert [image.id for image in store.list()] == [used.id, tagged.id]
+
+    freed = weight({store.blobs.dir / name for name in blob_files(tagged) | blob_files(used)})
+    assert store.prune(all=True, users=()) == ([{"Untagged": digest}, {"Deleted": used.id},
+                                                {"Untagged": "tagged:latest"}, {"Deleted": tagged.id}], freed)
+    assert blob_names(store) == [] and store.list() == []
+    assert store.prune() == ([], 0)
+
+
+def test_repo_digests_name_pulled_images(store: ImageStore) -> None:
+    index = f"sha256:{'c' * 64}"
+    image = pulled(store, [layer(store, {"a": b"1"})], "registry.example/team/app:1.0",
+                   repo_digest=f"registry.example/team/app@{index}")
+    assert image.references == ("registry.example/team/app:1.0",)
+    assert image.repo_digests == (f"registry.example/team/app@{index}",)
+    for reference in (f"registry.example/team/app@{index}", f"registry.example/team/app@{image.manifest_digest}"):
+        assert store.resolve(reference).id == image.id
+    with pytest.raises(ImageNotFound):
+        store.resolve(f"registry.example/other@{index}")  # a repo digest belongs to its repository
+    # Pulled again, by digest this time under another name: no tag, one more digest.
+    again = pulled(store, list(image.layers), None, repo_digest=f"mirror.example/app@{index}")
+    assert again.id == image.id and again.references == image.references
+    assert again.repo_digests == (f"mirror.example/app@{index}", f"registry.example/team/app@{index}")
+    with pytest.raises(InvalidReference):
+        pulled(store, list(image.layers), None, repo_digest="registry.example/team/app:1.0")
+
+    # A digest is a name: removing it untags only it.
+    assert store.remove(f"mirror.example/app@{index}") == [{"Untagged": f"mirror.example/app@{index}"}]
+    # Its repository's last tag takes the repository's digests along, as in Docker.
+    assert store.remove("registry.example/team/app:1.0") == [
+        {"Untagged": "registry.example/team/app:1.0"}, {"Untagged": f"registry.example/team/app@{index}"},
+        {"Deleted": image.id}]
+    assert rows(store, ("image_images", "image_tags", "image_layers", "image_digests")) == {
+        "image_images": 0, "image_tags": 0, "image_layers": 0, "image_digests": 0}
+
+
+def test_inspect_and_history_in_dockers_shape(store: ImageStore) -> None:
+    base = layer(store, {"etc/os-release": b"base\n"})
+    top = layer(store, {"srv/app": b"app" * 1000})
+    image = pulled(store, [base, top], "app:1", repo_digest=f"app@sha256:{'d' * 64}", history=[
+        {"created": "2024-04-01T00:00:00Z", "created_by": "/bin/sh -c #(nop) ADD file:abc in /"},
+        {"created": "2024-04-01T00:00:01Z", "created_by": "/bin/sh -c #(nop)  CMD [\"sh\"]", "empty_layer": True},
+        {"created": "2024-05-01T12:00:00Z", "created_by": "COPY app /srv", "comment": "buildkit"},
+        "not an entry",
+    ])
+    assert store.inspect(image) == {
+        "Id": image.id,
+        "RepoTags": ["app:1"],
+        "RepoDigests": [f"app@sha256:{'d' * 64}"],
+        "Parent": "",
+        "Comment": "",
+        "Created": "2024-05-01T12:00:00.123456789Z",
+        "Author": "someone",
+        "Config": {"Cmd": ["sh"], "Env": ["PATH=/bin"], "Labels": {"k": "v"}},
+        "Architecture": "arm64",
+        "Variant": "v8",
+        "Os": "linux",
+        "Size": image.size,
+        "RootFS": {"Type": "layers", "Layers": [base.diff_id, top.diff_id]},
+    }
+    assert store.history(image) == [
+        {"Id": image.id, "Created": 1714564800, "CreatedBy": "COPY app /srv", "Tags": ["app:1"],
+         "Size": top.content_size, "Comment": "buildkit"},
+        {"Id": "<missing>", "Created": 1711929601, "CreatedBy": '/bin/sh -c #(nop)  CMD ["sh"]', "Tags": None,
+         "Size": 0, "Comment": ""},
+        {"Id": "<missing>", "Created": 1711929600, "CreatedBy": "/bin/sh -c #(nop) ADD file:abc in /", "Tags": None,
+         "Size": base.content_size, "Comment": ""},
+    ]
+    assert top.content_size == len(rootfs({"srv/app": b"app" * 1000}))
+
+    imported = store.import_rootfs(io.BytesIO(rootfs()), None, created=CREATED, comment="from a tarball")
+    details = store.inspect(imported)
+    assert (details["Comment"], details["Created"], details["RepoTags"]) == (
+        "from a tarball", "2024-05-01T12:00:00Z", [])
+    assert "Variant" not in details
+    [entry] = store.history(imported)
+    assert entry == {"Id": imported.id, "Created": int(CREATED.timestamp()), "CreatedBy": "hyper import",
+                     "Tags": None, "Size": imported.size, "Comment": "from a tarball"}
+
+
+def test_untrusted_config_fields_show_as_empty(store: ImageStore) -> None:
+    image = pulled(store, [layer(store, {"a": b"1"})], "odd", created="2024-13-45T99:99:99Z", history=[
+        {"created": 5, "created_by": ["not", "text"], "comment": {}, "empty_layer": "yes"}])
+    assert store.inspect(image)["Created"] == "1970-01-01T00:00:00Z"
+    [entry] = store.history(image)
+    assert (entry["Created"], entry["CreatedBy"], entry["Comment"]) == (0, "", "")
+    assert entry["Size"] == image.layers[0].content_size
+
+
+def test_databases_from_before_digests_and_layer_sizes_still_open(tmp_path: Path) -> None:
+    with ImageStore(tmp_path) as store:
+        image = store.import_rootfs(io.BytesIO(rootfs()), "old", created=CREATED)
+    db = sqlite3.connect(tmp_path / "hyper.db")
+    db.execute("DROP TABLE image_digests")
+    db.execute("ALTER TABLE image_layers DROP COLUMN content_size")
+    db.commit()
+    db.close()
+    with ImageStore(tmp_path) as store:
+        old = store.resolve("old")
+        assert old.id == image.id and old.repo_digests == ()
+        assert old.layers[0].content_size is None
+        # Unknown uncompressed size: the history shows the blob's.
+        assert store.history(old)[0]["Size"] == old.layers[0].size
+        again = pulled(store, [layer(store, {"a": b"1"})], "new", repo_digest=f"new@sha256:{'e' * 64}")
+        assert store.resolve(f"new@sha256:{'e' * 64}").id == again.id
 
 
 # -- busybox -------------------------------------------------------------------------------------
