@@ -67,6 +67,7 @@ test: install lint
 bench: install
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_PACKAGES)
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/images.py
 
 clean:
 	rm -rf $(VENV) build

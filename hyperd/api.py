@@ -7,21 +7,41 @@ out.  ``STATUS`` is the one place where exceptions become HTTP statuses.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
+import io
+import json
+import logging
 import platform
-import signal
 import struct
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from aiohttp import web
 
 from hyperd import __version__, errors, logs
 from hyperd.daemon import Daemon
-from hyperd.image import ImageError, ImageNotFound, InvalidLayer, InvalidReference, ManifestUnknown, registry
-from hyperd.state import Container, ContainerState
+from hyperd.image import (
+    ImageError,
+    ImageInUse,
+    ImageNotFound,
+    InvalidLayer,
+    InvalidReference,
+    ManifestUnknown,
+    archive,
+    registry,
+)
+from hyperd.image.store import Image
+from hyperd.state import Container, ContainerState, parse_signal, signal_name
 from hyperstart.protocol import VERSIONS
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+log = logging.getLogger("hyperd")
 
 API_VERSION = "1.0"
 STREAM_TYPE = "application/vnd.docker.multiplexed-stream"
@@ -36,6 +56,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (InvalidLayer, 400),
     (errors.StartFailed, 400),
     (errors.Conflict, 409),
+    (ImageInUse, 409),
     (ImageError, 500),
     (errors.HyperError, 500),
 ]
@@ -138,6 +159,9 @@ def _inspect(container: Container) -> dict[str, Any]:
             "Env": list(spec.env),
             "WorkingDir": spec.workdir,
             "User": spec.user,
+            "Labels": dict(spec.labels),
+            "StopSignal": signal_name(spec.stop_signal),
+            "ExposedPorts": {port: {} for port in spec.exposed_ports},
         },
         "HostConfig": {"AutoRemove": spec.autoremove},
     }
@@ -229,14 +253,8 @@ async def stop_container(request: web.Request) -> web.Response:
 
 
 async def kill_container(request: web.Request) -> web.Response:
-    name = request.query.get("signal", "SIGKILL").upper()
-    try:
-        number = int(name) if name.isdigit() else signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
-    except (KeyError, ValueError) as err:
-        raise errors.InvalidArgument(f"invalid signal: {name}") from err
-    if not 1 <= number <= signal.SIGRTMAX:
-        raise errors.InvalidArgument(f"invalid signal: {name}")
-    await _daemon(request).kill(request.match_info["id"], int(number))
+    number = parse_signal(request.query.get("signal", "SIGKILL"))
+    await _daemon(request).kill(request.match_info["id"], number)
     return web.Response(status=204)
 
 
@@ -284,29 +302,169 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _image_summary(image: Image) -> dict[str, Any]:
+    return {"Id": image.id, "RepoTags": list(image.references), "RepoDigests": list(image.repo_digests),
+            "Created": int(image.created), "Size": image.size}
+
+
+def _filters(request: web.Request, known: set[str]) -> dict[str, list[str]]:
+    """Docker's ``filters`` query parameter: a JSON object of lists of strings."""
+    text = request.query.get("filters") or "{}"
+    try:
+        filters = json.loads(text)
+    except ValueError as err:
+        raise errors.InvalidArgument(f"invalid filters: {err}") from err
+    if not isinstance(filters, dict) or not all(isinstance(v, list) and all(isinstance(i, str) for i in v)
+                                                for v in filters.values()):
+        raise errors.InvalidArgument("invalid filters: expected an object of lists of strings")
+    unknown = sorted(set(filters) - known)
+    if unknown:
+        raise errors.InvalidArgument(f"invalid filter '{unknown[0]}'")
+    return filters
+
+
+def _dangling(filters: dict[str, list[str]]) -> bool | None:
+    values = filters.get("dangling") or []
+    if any(value not in ("true", "false", "1", "0") for value in values):
+        raise errors.InvalidArgument(f"invalid filter 'dangling={values[0]}'")
+    return values[-1] in ("true", "1") if values else None
+
+
 async def list_images(request: web.Request) -> web.Response:
+    dangling = _dangling(_filters(request, {"dangling"}))
     images = await asyncio.to_thread(_daemon(request).images.list)
-    return web.json_response([
-        {"Id": image.id, "RepoTags": list(image.references), "Created": int(image.created), "Size": image.size}
-        for image in images
-    ])
+    return web.json_response([_image_summary(image) for image in images
+                              if dangling is None or dangling == (not image.references)])
+
+
+async def inspect_image(request: web.Request) -> web.Response:
+    store = _daemon(request).images
+    image = await asyncio.to_thread(store.resolve, request.match_info["name"])
+    return web.json_response(await asyncio.to_thread(store.inspect, image))
+
+
+async def image_history(request: web.Request) -> web.Response:
+    store = _daemon(request).images
+    image = await asyncio.to_thread(store.resolve, request.match_info["name"])
+    return web.json_response(await asyncio.to_thread(store.history, image))
+
+
+async def tag_image(request: web.Request) -> web.Response:
+    repo = request.query.get("repo") or ""
+    if not repo:
+        raise errors.InvalidArgument("repo is required")
+    tag = request.query.get("tag") or "latest"
+    store = _daemon(request).images
+    image = await asyncio.to_thread(store.resolve, request.match_info["name"])
+    await asyncio.to_thread(store.tag, image, f"{repo}:{tag}")
+    return web.Response(status=201)
+
+
+async def remove_image(request: web.Request) -> web.Response:
+    deleted = await _daemon(request).remove_image(request.match_info["name"], force=_flag(request, "force"))
+    return web.json_response(deleted)
+
+
+async def prune_images(request: web.Request) -> web.Response:
+    dangling = _dangling(_filters(request, {"dangling"}))
+    deleted, reclaimed = await _daemon(request).prune_images(everything=dangling is False)
+    return web.json_response({"ImagesDeleted": deleted, "SpaceReclaimed": reclaimed})
+
+
+@contextlib.asynccontextmanager
+async def _spooled(request: web.Request) -> AsyncIterator[BinaryIO]:
+    """The request body in a temporary file: it arrives on the event loop, the store reads it in a thread."""
+    with tempfile.TemporaryFile(dir=_daemon(request).config.root) as spool:
+        async for chunk in request.content.iter_chunked(1 << 20):
+            spool.write(chunk)
+        spool.seek(0)
+        yield cast(BinaryIO, spool)  # typeshed's IO[bytes] for what is a BufferedRandom
 
 
 async def import_image(request: web.Request) -> web.Response:
     repo = request.query.get("repo") or None
     tag = request.query.get("tag") or None
     reference = f"{repo}:{tag}" if repo and tag else repo
-    daemon = _daemon(request)
-    # Spooled: the body arrives on the event loop, the store reads synchronously in a thread.
-    with tempfile.TemporaryFile(dir=daemon.config.root) as spool:
-        async for chunk in request.content.iter_chunked(1 << 20):
-            spool.write(chunk)
-        spool.seek(0)
-        image = await asyncio.to_thread(daemon.images.import_rootfs, spool, reference)
+    store = _daemon(request).images
+    async with _spooled(request) as spool:
+        image = await asyncio.to_thread(store.import_rootfs, spool, reference)
     return web.json_response({"Id": image.id})
 
 
-async def pull_image(request: web.Request) -> web.Response:
+async def load_images(request: web.Request) -> web.Response:
+    store = _daemon(request).images
+    async with _spooled(request) as spool:
+        loaded = await asyncio.to_thread(archive.load, store, spool)
+    body = "".join(json.dumps({"stream": f"{line}\n"}) + "\n" for line in loaded)
+    return web.Response(text=body, content_type="application/json")
+
+
+async def save_images(request: web.Request) -> web.StreamResponse:
+    names = request.query.getall("names", [])
+    if not names:
+        raise errors.InvalidArgument("names is required")
+    response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+    store = _daemon(request).images
+    writer = io.BufferedWriter(_ThreadWriter(request, response), 1 << 20)
+
+    def save() -> None:
+        archive.save(store, names, writer)
+        writer.flush()
+
+    await asyncio.to_thread(save)
+    if not response.prepared:
+        await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+class _ThreadWriter(io.RawIOBase):
+    """A file a worker thread writes to, whose bytes go out as the response body.
+
+    The response starts with the first write, so an error raised before it (an unknown
+    image) is still answered with its own status; each write waits for the event loop to
+    send it, which paces the thread to the client.
+    """
+
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        self.request = request
+        self.response = response
+        self.loop = asyncio.get_running_loop()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        chunk = bytes(data)
+        asyncio.run_coroutine_threadsafe(self._send(chunk), self.loop).result()
+        return len(chunk)
+
+    async def _send(self, chunk: bytes) -> None:
+        if not self.response.prepared:
+            await self.response.prepare(self.request)
+        await self.response.write(chunk)
+
+
+def _registry_auth(request: web.Request) -> registry.Credentials | None:
+    """Docker's ``X-Registry-Auth`` header: base64url JSON with a username and password (or identity token)."""
+    header = request.headers.get("X-Registry-Auth")
+    if not header:
+        return None
+    try:
+        document = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    except (ValueError, binascii.Error) as err:
+        raise errors.InvalidArgument("X-Registry-Auth is not base64url-encoded JSON") from err
+    if not isinstance(document, dict):
+        raise errors.InvalidArgument("X-Registry-Auth is not a JSON object")
+    fields = {key: document.get(key) or "" for key in ("username", "password", "identitytoken")}
+    if not all(isinstance(value, str) for value in fields.values()):
+        raise errors.InvalidArgument("X-Registry-Auth: username, password and identitytoken must be strings")
+    if not any(fields.values()):
+        return None
+    return registry.Credentials(fields["username"], fields["password"], fields["identitytoken"])
+
+
+async def pull_image(request: web.Request) -> web.StreamResponse:
     source = request.query.get("fromImage") or ""
     if not source:
         raise errors.InvalidArgument("fromImage is required")
@@ -317,9 +475,41 @@ async def pull_image(request: web.Request) -> web.Response:
         platform = registry.Platform.parse(request.query["platform"]) if request.query.get("platform") else None
     except ValueError as err:
         raise errors.InvalidArgument(str(err)) from err
-    pulled = await registry.pull(_daemon(request).images, source, platform)
-    status = "Downloaded newer image" if pulled.new else "Image is up to date"
-    return web.json_response({"Id": pulled.image.id, "Digest": pulled.digest, "Status": f"{status} for {source}"})
+    credentials = _registry_auth(request)
+    messages: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    task = asyncio.create_task(_daemon(request).pull(source, platform, credentials, messages.put_nowait))
+    task.add_done_callback(lambda _: messages.put_nowait(None))
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    try:
+        while (message := await messages.get()) is not None:
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write(json.dumps(message).encode() + b"\n")
+        await task
+    except Exception as err:
+        if not response.prepared:
+            raise  # nothing sent yet: the error gets its own status
+        # Docker's way of failing a progress stream that has begun: a last message with the error.
+        if not isinstance(err, ImageError | errors.HyperError):
+            log.exception("pull of %s failed", source)
+        await response.write(json.dumps({"error": str(err), "errorDetail": {"message": str(err)}}).encode() + b"\n")
+    finally:
+        task.cancel()
+    await response.write_eof()
+    return response
+
+
+async def login(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError as err:
+        raise errors.InvalidArgument(f"request body is not JSON: {err}") from err
+    if not isinstance(body, dict) or not all(isinstance(body.get(key), str) and body[key]
+                                             for key in ("username", "password")):
+        raise errors.InvalidArgument("username and password are required")
+    server = body.get("serveraddress") if isinstance(body.get("serveraddress"), str) else ""
+    await _daemon(request).login(server or "docker.io", registry.Credentials(body["username"], body["password"]))
+    return web.json_response({"Status": "Login Succeeded", "IdentityToken": ""})
 
 
 def routes() -> list[web.RouteDef]:
@@ -337,9 +527,17 @@ def routes() -> list[web.RouteDef]:
         web.post("/containers/{id}/kill", kill_container),
         web.get("/containers/{id}/logs", container_logs),
         web.delete("/containers/{id}", remove_container),
+        web.post("/auth", login),
         web.get("/images/json", list_images),
         web.post("/images/import", import_image),
         web.post("/images/create", pull_image),
+        web.post("/images/load", load_images),
+        web.get("/images/get", save_images),
+        web.post("/images/prune", prune_images),
+        web.get("/images/{name:.+}/json", inspect_image),
+        web.get("/images/{name:.+}/history", image_history),
+        web.post("/images/{name:.+}/tag", tag_image),
+        web.delete("/images/{name:.+}", remove_image),
     ]
 
 

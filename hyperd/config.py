@@ -1,16 +1,31 @@
-"""The daemon's settings, fixed at start-up."""
+"""The daemon's settings, fixed at start-up: command-line flags over an optional JSON file.
+
+The file (``--config-file``, default ``/etc/hyper/daemon.json`` when it exists) uses Docker's
+``daemon.json`` key names for what hyperd shares with dockerd::
+
+    {"registry-mirrors": ["https://mirror.example"], "insecure-registries": ["10.0.0.0/8", "reg.lan:5000"],
+     "max-concurrent-downloads": 3}
+
+Flags add to the file's lists and override its scalars.  Unknown keys are refused, so a
+typo does not silently leave a setting at its default.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hyperd.errors import InvalidArgument
 
 DEFAULT_HOST = "unix:///run/hyper/hyperd.sock"
 DEFAULT_ROOT = Path("/var/lib/hyper")
 SHARE = Path("/usr/local/share/hyper")
+DEFAULT_CONFIG_FILE = Path("/etc/hyper/daemon.json")
+FILE_KEYS = {"registry-mirrors", "insecure-registries", "max-concurrent-downloads"}
 
 
 def socket_path(host: str) -> Path:
@@ -31,13 +46,54 @@ class Config:
     """Seconds a guest may take from QEMU's start to the agent's ready event."""
     memory_mib: int = 256
     stop_timeout: float = 10.0
+    registry_mirrors: tuple[str, ...] = ()
+    """Base URLs tried in order before Docker Hub for its images, as dockerd's registry-mirrors."""
+    insecure_registries: tuple[str, ...] = ()
+    """``host[:port]`` or CIDR: registries that may be reached over plain HTTP."""
+    max_concurrent_downloads: int = 3
 
     @classmethod
-    def create(cls, host: str, root: Path, kernel: Path | None, guest_disk: Path | None) -> Config:
+    def create(cls, host: str, root: Path, kernel: Path | None, guest_disk: Path | None, *,
+               config_file: Path | None = None, registry_mirrors: Sequence[str] = (),
+               insecure_registries: Sequence[str] = (), max_concurrent_downloads: int | None = None) -> Config:
+        settings = _read_file(config_file)
+        downloads = max_concurrent_downloads or settings.get("max-concurrent-downloads", 3)
+        if not isinstance(downloads, int) or isinstance(downloads, bool) or not 1 <= downloads <= 64:
+            raise InvalidArgument(f"max-concurrent-downloads must be an integer from 1 to 64, not {downloads!r}")
         return cls(
             root=root.resolve(),
             socket=socket_path(host),
             kernel=kernel or Path(os.environ.get("HYPER_KERNEL", SHARE / "vmlinux")),
             guest_disk=guest_disk or Path(os.environ.get("HYPER_GUEST", SHARE / "guest.erofs")),
             cache=Path(os.environ.get("HYPER_CACHE", "/var/cache/hyper")),
+            registry_mirrors=(*_strings(settings, "registry-mirrors"), *registry_mirrors),
+            insecure_registries=(*_strings(settings, "insecure-registries"), *insecure_registries),
+            max_concurrent_downloads=downloads,
         )
+
+
+def _read_file(path: Path | None) -> dict[str, Any]:
+    """The settings file's content; a missing default file is no settings, a missing named one an error."""
+    if path is None:
+        if not DEFAULT_CONFIG_FILE.exists():
+            return {}
+        path = DEFAULT_CONFIG_FILE
+    try:
+        document = json.loads(path.read_text())
+    except OSError as err:
+        raise InvalidArgument(f"cannot read {path}: {err.strerror or err}") from err
+    except ValueError as err:
+        raise InvalidArgument(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(document, dict):
+        raise InvalidArgument(f"{path} must hold a JSON object")
+    unknown = sorted(set(document) - FILE_KEYS)
+    if unknown:
+        raise InvalidArgument(f"{path}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(FILE_KEYS))})")
+    return document
+
+
+def _strings(settings: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = settings.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise InvalidArgument(f"{key} must be a list of strings")
+    return tuple(value)

@@ -26,8 +26,10 @@ from typing import Any
 from hyperd import errors, logs
 from hyperd.config import Config
 from hyperd.guest import AgentClient, ExitEvent, Stream
+from hyperd.image import registry
+from hyperd.image.reference import server_host
 from hyperd.image.store import Image, ImageStore
-from hyperd.state import Container, ContainerSpec, ContainerState, Database
+from hyperd.state import Container, ContainerSpec, ContainerState, Database, parse_signal
 from hyperd.vm import Disk, VMSpec
 from hyperd.vm.qemu import Qemu, QemuVM, log_tail
 
@@ -367,7 +369,8 @@ class Daemon:
         finished = self.finished[container_id]
         if timeout > 0:
             with contextlib.suppress(errors.HyperError):
-                await pod.client.request("signal", {"id": container_id, "signal": signal.SIGTERM})
+                signum = self.containers[container_id].spec.stop_signal
+                await pod.client.request("signal", {"id": container_id, "signal": signum})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), timeout)
         if not finished.is_set():
@@ -443,6 +446,37 @@ class Daemon:
     def log_path(self, container: Container) -> Path:
         return self.container_dir(container) / f"{container.id}-json.log"
 
+    # -- images -------------------------------------------------------------------------
+
+    def image_users(self) -> dict[str, bool]:
+        """Image id -> whether a running container uses it (False: only created or exited ones do)."""
+        users: dict[str, bool] = {}
+        for container in self.containers.values():
+            running = container.state == ContainerState.RUNNING or container.id in self.pods
+            users[container.spec.image_id] = users.get(container.spec.image_id, False) or running
+        return users
+
+    async def remove_image(self, name: str, force: bool) -> list[dict[str, str]]:
+        return await asyncio.to_thread(self.images.remove, name, force=force, users=self.image_users())
+
+    async def prune_images(self, everything: bool) -> tuple[list[dict[str, str]], int]:
+        return await asyncio.to_thread(self.images.prune, all=everything, users=set(self.image_users()))
+
+    @property
+    def registry_options(self) -> registry.RegistryOptions:
+        return registry.RegistryOptions(mirrors=self.config.registry_mirrors,
+                                        insecure=self.config.insecure_registries,
+                                        max_concurrent_downloads=self.config.max_concurrent_downloads)
+
+    async def pull(self, reference: str, platform: registry.Platform | None,
+                   credentials: registry.Credentials | None,
+                   progress: Callable[[dict[str, Any]], None] | None = None) -> registry.Pulled:
+        return await registry.pull(self.images, reference, platform, credentials=credentials,
+                                   options=self.registry_options, progress=progress)
+
+    async def login(self, server: str, credentials: registry.Credentials) -> None:
+        await registry.login(server_host(server), credentials, self.registry_options)
+
     def info(self) -> dict[str, Any]:
         running = sum(c.state == ContainerState.RUNNING for c in self.containers.values())
         return {
@@ -478,6 +512,8 @@ def _resolve_spec(image_ref: str, image: Image, cmd: list[str] | None, entrypoin
         env=tuple(f"{k}={v}" for k, v in merged.items()), workdir=workdir or config.working_dir or "",
         user=user or config.user or "", autoremove=autoremove, cmd=tuple(final_cmd),
         entrypoint=tuple(final_entrypoint),
+        stop_signal=parse_signal(config.stop_signal) if config.stop_signal else signal.SIGTERM,
+        labels=dict(config.labels), exposed_ports=config.exposed_ports,
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from hyperd import __version__
-from hyperd.config import DEFAULT_HOST, DEFAULT_ROOT, Config
+from hyperd.config import DEFAULT_CONFIG_FILE, DEFAULT_HOST, DEFAULT_ROOT, Config
 from hyperd.errors import HyperError
 
 log = logging.getLogger("hyperd")
@@ -98,16 +98,25 @@ async def serve(config: Config) -> None:
               help="Where images, containers and state live.")
 @click.option("--kernel", type=click.Path(path_type=Path), help="Guest kernel (default $HYPER_KERNEL).")
 @click.option("--guest", type=click.Path(path_type=Path), help="Guest root disk (default $HYPER_GUEST).")
+@click.option("--config-file", type=click.Path(path_type=Path),
+              help=f"Settings in JSON (default {DEFAULT_CONFIG_FILE} if it exists).")
+@click.option("--registry-mirror", "mirrors", multiple=True, metavar="URL",
+              help="A Docker Hub mirror, tried before Docker Hub (repeatable).")
+@click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST[:PORT]|CIDR",
+              help="A registry that may be reached over plain HTTP (repeatable).")
+@click.option("--max-concurrent-downloads", "downloads", type=int, help="Layers downloaded at once per pull.")
 @click.option("--debug", is_flag=True, help="Log debug messages.")
 @click.version_option(__version__, prog_name="hyperd")
-def main(host: str, root: Path, kernel: Path | None, guest: Path | None, debug: bool) -> None:
+def main(host: str, root: Path, kernel: Path | None, guest: Path | None, config_file: Path | None,
+         mirrors: tuple[str, ...], insecure: tuple[str, ...], downloads: int | None, debug: bool) -> None:
     """The hyper daemon: runs every pod in its own micro-VM."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="hyperd: %(message)s",
                         stream=sys.stderr)
     if os.geteuid() != 0:
         sys.exit("hyperd: must run as root (it boots VMs and builds root filesystems)")
     try:
-        config = Config.create(host, root, kernel, guest)
+        config = Config.create(host, root, kernel, guest, config_file=config_file, registry_mirrors=mirrors,
+                               insecure_registries=insecure, max_concurrent_downloads=downloads)
         config.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = _lock(config.root)
         try:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import enum
 import json
+import signal
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyperd.errors import StateError, StorageError
+from hyperd.errors import InvalidArgument, StateError, StorageError
 
 
 class ContainerState(enum.StrEnum):
@@ -48,6 +49,36 @@ class ContainerSpec:
     autoremove: bool = False
     cmd: tuple[str, ...] = ()
     entrypoint: tuple[str, ...] = ()
+    stop_signal: int = signal.SIGTERM
+    labels: dict[str, str] = field(default_factory=dict)
+    exposed_ports: tuple[str, ...] = ()
+
+
+def parse_signal(name: str) -> int:
+    """``SIGTERM``, ``term``, ``15`` or ``SIGRTMIN+3`` as a signal number; InvalidArgument otherwise."""
+    text = name.strip().upper()
+    text = text if text.startswith("SIG") or text.isdigit() else f"SIG{text}"
+    try:
+        if text.isdigit():
+            number = int(text)
+        elif text.startswith(("SIGRTMIN+", "SIGRTMAX-")):
+            base, offset = text[:8], int(text[9:])
+            number = signal.SIGRTMIN + offset if base == "SIGRTMIN" else signal.SIGRTMAX - offset
+        else:
+            number = signal.Signals[text]
+    except (KeyError, ValueError):
+        raise InvalidArgument(f"invalid signal: {name}") from None
+    if not 1 <= number <= signal.SIGRTMAX:
+        raise InvalidArgument(f"invalid signal: {name}")
+    return int(number)
+
+
+def signal_name(number: int) -> str:
+    """``SIGTERM`` for 15; real-time signals, which have no name, as their number."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 @dataclass
@@ -115,7 +146,7 @@ class Database:
 
 def _from_record(record: dict[str, Any]) -> Container:
     spec = record.pop("spec")
-    for key in ("args", "env", "cmd", "entrypoint"):
+    for key in ("args", "env", "cmd", "entrypoint", "exposed_ports"):
         spec[key] = tuple(spec.get(key, ()))
     record["state"] = ContainerState(record["state"])
     return Container(spec=ContainerSpec(**spec), **record)

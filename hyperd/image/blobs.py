@@ -5,11 +5,16 @@ hashed as it grows, fsynced, checked against the digest it must have and hard-li
 into place: ``link`` fails rather than overwrite, so a writer knows whether it created
 the blob.  A crash leaves only temporaries, which ``remove_stale`` clears once their
 process is gone.
+
+Downloads write to ``.partial-<hex>`` instead, named by the digest they must reach and
+kept when a pull fails, so that the next pull resumes it; its content is rehashed when
+resumed and only the final digest check decides whether it is the blob.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -17,19 +22,26 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from hyperd.image import CorruptBlob
 from hyperd.image.disk import fsync_dir
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_CHUNK = 1 << 20
+PARTIAL = ".partial-"
 
 
 class Staged:
-    """A blob being written: a temporary file next to its final place, hashed as it grows."""
+    """A blob being written: a file next to its final place, hashed as it grows.
 
-    def __init__(self, path: Path) -> None:
+    A temporary goes when it is released uncommitted; a partial (``keep``) stays to be resumed.
+    """
+
+    def __init__(self, path: Path, file: BinaryIO, *, keep: bool = False) -> None:
         self.path = path
-        self._file = open(path, "xb")  # noqa: SIM115 - closed by commit() or the staging context
+        self.keep = keep
+        self._file = file
         self._hash = hashlib.sha256()
         self.size = 0
 
@@ -42,6 +54,13 @@ class Staged:
     def flush(self) -> None:
         self._file.flush()
 
+    def restart(self) -> None:
+        """Drop everything written so far."""
+        self._file.seek(0)
+        self._file.truncate()
+        self._hash = hashlib.sha256()
+        self.size = 0
+
     def finish(self) -> None:
         if not self._file.closed:
             self._file.flush()
@@ -51,6 +70,22 @@ class Staged:
     def discard(self) -> None:
         self._file.close()
         self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Stop writing: a partial with content stays to be resumed, anything else goes."""
+        if self.keep and self.size:
+            self._file.close()
+        else:
+            self.discard()
+
+    def _rehash(self, limit: int) -> None:
+        """Take the file's content as written so far; emptied if it is longer than ``limit``."""
+        self._file.seek(0)
+        while chunk := self._file.read(_CHUNK):
+            self._hash.update(chunk)
+            self.size += len(chunk)
+        if self.size > limit:
+            self.restart()
 
     @property
     def digest(self) -> str:
@@ -63,6 +98,10 @@ class Blobs:
     def __init__(self, root: Path) -> None:
         self.dir = root / "sha256"
         self.dir.mkdir(parents=True, exist_ok=True)
+        for partial in self.dir.glob(f"{PARTIAL}*"):
+            # Left by a pull that lost a race to another one: the blob is here, the partial is garbage.
+            if (self.dir / partial.name.removeprefix(PARTIAL)).is_file():
+                partial.unlink(missing_ok=True)
 
     def path(self, digest: str) -> Path:
         # Digests will come from manifests and URLs: never let one name another path.
@@ -86,11 +125,38 @@ class Blobs:
     @contextlib.contextmanager
     def staging(self) -> Iterator[Staged]:
         """A temporary blob, removed on exit unless committed."""
-        staged = Staged(self.dir / f".tmp-{os.getpid()}-{secrets.token_hex(8)}")
+        staged = self._temporary()
         try:
             yield staged
         finally:
             staged.discard()
+
+    def _temporary(self) -> Staged:
+        path = self.dir / f".tmp-{os.getpid()}-{secrets.token_hex(8)}"
+        return Staged(path, open(path, "xb"))  # closed by commit(), release() or discard()
+
+    def partial(self, digest: str, size: int) -> Staged:
+        """The download of ``digest`` (``size`` bytes), resumed from what an earlier pull left.
+
+        The existing bytes are rehashed; a partial longer than the blob starts again, and other
+        damage shows as a digest mismatch once complete.  The file is locked while written: a
+        concurrent pull of the same blob gets a temporary of its own instead.  The caller ends
+        with ``commit``, ``release`` (keeping the partial) or ``discard``.
+        """
+        path = self.dir / f"{PARTIAL}{self.path(digest).name}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return self._temporary()
+        staged = Staged(path, open(fd, "r+b"), keep=True)  # noqa: SIM115 - the caller ends it
+        try:
+            staged._rehash(size)
+        except BaseException:
+            staged.release()
+            raise
+        return staged
 
     def commit(self, staged: Staged, expected: str | None = None) -> bool:
         """Move a staged blob into place; True if it was new, False if the store had it already."""

@@ -35,11 +35,14 @@ import shutil
 import stat
 import tarfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+import zstandard
 
 from hyperd.image import InvalidLayer
 
@@ -58,7 +61,10 @@ _CACHED_DEPTH = 64
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_NS = (1 << 63) - 1
 # Errors of a malformed or truncated archive, as raised by tarfile and the decompressors.
-MALFORMED = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+MALFORMED = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, zstandard.ZstdError)
+# Compressed bytes handed to the zstd decompressor at a time.  A zstd block may expand 32768-fold
+# (an RLE block), so this bounds what one call can produce to 32 MiB whatever the layer holds.
+_ZSTD_INPUT = 1 << 10
 
 
 class Readable(Protocol):
@@ -153,12 +159,56 @@ class Compression(enum.Enum):
         if self is Compression.XZ:
             return lzma.LZMAFile(stream)
         if self is Compression.ZSTD:
-            raise InvalidLayer("zstd-compressed layers are not supported yet; use gzip")
+            return io.BufferedReader(_Zstd(stream), _COPY_CHUNK)
         return stream
 
 
+class _Zstd(io.RawIOBase):
+    """zstd decompression of a stream of one or more frames, refusing a truncated one.
+
+    zstandard's ``stream_reader`` returns a short result instead of failing when its input
+    ends inside a frame, so this reader drives a ``decompressobj`` per frame itself.
+    """
+
+    def __init__(self, source: Readable) -> None:
+        super().__init__()
+        self._source = source
+        self._decompressor = zstandard.ZstdDecompressor()
+        self._frame = self._decompressor.decompressobj()
+        self._started = False                 # the current frame has had input
+        self._pending = memoryview(b"")       # compressed bytes not yet given to the decompressor
+        self._output: deque[memoryview] = deque()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        while not self._output:
+            if not self._pending:
+                self._pending = memoryview(self._source.read(_COPY_CHUNK))
+                if not self._pending:
+                    if self._started:
+                        raise EOFError("zstd stream ends inside a frame")
+                    return 0
+            piece, self._pending = self._pending[:_ZSTD_INPUT], self._pending[_ZSTD_INPUT:]
+            self._started = True
+            if plain := self._frame.decompress(piece):
+                self._output.append(memoryview(plain))
+            if self._frame.eof:
+                # The next frame: a zstd stream may concatenate any number of them.
+                self._pending = memoryview(self._frame.unused_data + self._pending)
+                self._frame, self._started = self._decompressor.decompressobj(), False
+        data = self._output.popleft()
+        size = min(len(view), len(data))
+        view[:size] = data[:size]
+        if size < len(data):
+            self._output.appendleft(data[size:])
+        return size
+
+
 def decompress(stream: Readable) -> Readable:
-    """The tar inside ``stream``: plain, gzip, bzip2 or xz."""
+    """The tar inside ``stream``: plain, gzip, bzip2, xz or zstd."""
     kind, whole = Compression.sniff(stream)
     return kind.open(whole)
 

@@ -1,36 +1,58 @@
 """Pulling images from OCI/Docker registries, following the OCI distribution spec.
 
 One ``Registry`` per registry host talks HTTP through aiohttp: manifests by tag or digest
-(OCI and Docker schema 2, indexes and manifest lists resolved to one platform), blobs
-streamed into the store's staging files, anonymous access and the Bearer token flow
-(a 401 names a token realm; the token is fetched, cached per scope and the request retried).
+(OCI and Docker schema 2, indexes and manifest lists resolved to one platform) and blobs
+streamed into the store.  Every request takes one path (``Registry._call``): the endpoints
+in order (Docker Hub's mirrors before the Hub, HTTPS before HTTP for an insecure registry),
+bounded retries with backoff on transient failures, then ``Registry._open`` answering the
+registry's challenge, HTTP Basic or the Bearer token flow (tokens cached per scope until they
+expire).  ``login`` checks credentials through the same path.
 
 Nothing a registry sends is trusted: manifests are size-bounded and, like every blob, checked
-against their digest before use; layer content is also checked against the config's diff_ids.
-Plain HTTP is used only for loopback registries.
+against their digest before use; layers are decompressed, hashed against the config's
+diff_ids and refused if unsafe (``layers.validate_layer``) while they download.  Plain HTTP is
+used only for loopback registries and those the daemon was told are insecure.
 
-``pull`` records the image with ``ImageStore.record``; a failed pull leaves no rows, only
-blobs that were verified against their digest (the next pull reuses them).
+Layers download concurrently into ``.partial-<hex>`` files that a failed pull leaves behind and
+the next one resumes (``Range``).  ``pull`` records the image with ``ImageStore.record`` once
+every layer is in; a failed pull leaves no rows, only verified blobs and partial downloads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import hashlib
+import io
 import ipaddress
 import json
+import logging
+import math
 import os
 import re
-import zlib
-from dataclasses import dataclass
-from typing import Any
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import aiohttp
 from yarl import URL
 
-from hyperd.image import ImageError, ManifestUnknown, RegistryError
+from hyperd.image import ImageError, InvalidLayer, ManifestUnknown, RegistryError
 from hyperd.image.blobs import Staged
+from hyperd.image.layers import MALFORMED, Compression, DigestReader, validate_layer
 from hyperd.image.store import Image, ImageStore, Layer, Reference, parse_reference
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+log = logging.getLogger("hyperd")
+T = TypeVar("T")
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -41,6 +63,9 @@ SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 GZIP_LAYERS = ("application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.docker.image.rootfs.diff.tar.gzip")
 TAR_LAYERS = ("application/vnd.oci.image.layer.v1.tar", "application/vnd.docker.image.rootfs.diff.tar")
+ZSTD_LAYERS = ("application/vnd.oci.image.layer.v1.tar+zstd", "application/vnd.docker.image.rootfs.diff.tar.zstd")
+LAYER_COMPRESSION = {**dict.fromkeys(TAR_LAYERS, Compression.NONE), **dict.fromkeys(GZIP_LAYERS, Compression.GZIP),
+                     **dict.fromkeys(ZSTD_LAYERS, Compression.ZSTD)}
 
 MAX_MANIFEST = 4 << 20
 """Bytes; as containerd and the distribution spec's recommendation."""
@@ -48,13 +73,26 @@ MAX_CONFIG = 8 << 20
 MAX_TOKEN = 1 << 20
 MAX_ERROR_BODY = 64 << 10
 CHUNK = 1 << 20
+PIPE_CAPACITY = 4 << 20
+"""Bytes of a layer downloaded but not yet checked, per download."""
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
+
+ATTEMPTS = 4
+RETRY_DELAY = 0.2
+"""Seconds before the second attempt at a request, doubled before each next one."""
+TRANSIENT = frozenset({429, 500, 502, 503, 504})
+TOKEN_LIFETIME = 60
+"""Seconds a token lives when the token server does not say (the token spec's default)."""
+PROGRESS_INTERVAL = 0.1
+"""Seconds between two "Downloading" messages of a layer (Docker's rate)."""
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
+_HUB_ALIASES = frozenset({DOCKER_HUB, "index.docker.io", DOCKER_HUB_API})
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _PARAM = re.compile(r'\s*([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*(?:,|$)')
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +124,63 @@ class Platform:
         if (found.get("os"), found.get("architecture")) != (self.os, self.architecture):
             return False
         return not self.variant or found.get("variant") == self.variant
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A registry login: a username and password, or the identity token a login returned."""
+
+    username: str = ""
+    password: str = field(default="", repr=False)
+    identity_token: str = field(default="", repr=False)
+
+    @property
+    def basic(self) -> str:
+        """The ``Authorization`` header value of HTTP Basic."""
+        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """dockerd's registry settings: ``registry-mirrors``, ``insecure-registries``, ``max-concurrent-downloads``."""
+
+    mirrors: tuple[str, ...] = ()
+    """Base URLs (``https://mirror.example``) tried in order before Docker Hub, for its images only."""
+    insecure: tuple[str, ...] = ()
+    """``host[:port]`` or CIDR: registries reached over HTTPS without a certificate check, else plain HTTP."""
+    max_concurrent_downloads: int = 3
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a registry's API is reached; ``base`` ends in ``/v2/``."""
+
+    base: str
+    verify: bool = True    # check the TLS certificate
+    mirror: bool = False   # any failure moves on to the next endpoint
+
+
+def endpoints(host: str, options: RegistryOptions, *, mirrors: bool = True) -> tuple[Endpoint, ...]:
+    """The endpoints to try for registry ``host``, in order, chosen as dockerd chooses them.
+
+    Docker Hub's images go to the mirrors first, then to the Hub.  An insecure registry is tried
+    over HTTPS without checking its certificate, then over plain HTTP; a loopback one over HTTP;
+    any other over verified HTTPS only, never downgraded.
+    """
+    found: list[Endpoint] = []
+    if host in _HUB_ALIASES:
+        if mirrors:
+            found += [Endpoint(f"{mirror.rstrip('/')}/v2/", mirror=True,
+                               verify=not is_insecure(URL(mirror).host_port_subcomponent or "", options.insecure))
+                      for mirror in options.mirrors]
+        host = DOCKER_HUB_API
+    if is_loopback(host):
+        found.append(Endpoint(f"http://{host}/v2/"))
+    elif is_insecure(host, options.insecure):
+        found += [Endpoint(f"https://{host}/v2/", verify=False), Endpoint(f"http://{host}/v2/")]
+    else:
+        found.append(Endpoint(f"https://{host}/v2/"))
+    return tuple(found)
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -131,18 +226,48 @@ def locate(reference: Reference) -> tuple[str, str]:
     return DOCKER_HUB, reference.repository if slash else f"library/{reference.repository}"
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host[:port]`` names this machine (127.0.0.0/8, ::1, localhost): plain HTTP is allowed only there."""
+def _address(host: str) -> str:
+    """The name or IP address of ``host[:port]``, IPv6 without its brackets."""
     if host.startswith("["):
-        address = host[1:host.find("]")]
-    else:
-        address = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        return host[1:host.find("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host[:port]`` names this machine (127.0.0.0/8, ::1, localhost): plain HTTP is allowed there."""
+    address = _address(host)
     if address.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+def is_insecure(host: str, insecure: Sequence[str]) -> bool:
+    """Whether ``host[:port]`` is listed in ``insecure``, as itself or by a CIDR holding its IP address.
+
+    Unlike dockerd, a name is not resolved to match a CIDR: whether TLS is checked must not
+    depend on what a DNS answer says.
+    """
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(_address(host))
+    except ValueError:
+        address = None
+    for entry in insecure:
+        if entry == host:
+            return True
+        if address is not None and "/" in entry:
+            with contextlib.suppress(ValueError):
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+    return False
+
+
+def _login_host(server: str) -> str:
+    """``docker login``'s server argument as a registry host: a URL loses its scheme and path."""
+    host = server.split("://", 1)[-1].split("/", 1)[0]
+    return DOCKER_HUB if host in _HUB_ALIASES else host
 
 
 def _digest(data: bytes) -> str:
@@ -160,152 +285,474 @@ def _descriptor(value: object, what: str) -> tuple[str, int, str]:
     return digest, size, media_type if isinstance(media_type, str) else ""
 
 
+def _error_message(body: bytes) -> tuple[str, str]:
+    """(code, message) of a registry's or token server's error document, empty when there is none."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return "", ""
+    if not isinstance(document, dict):
+        return "", ""
+    errors = document.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        return str(errors[0].get("code") or ""), str(errors[0].get("message") or "")
+    # Docker Hub's token server: {"details": "incorrect username or password"}.
+    return "", str(document.get("details") or document.get("message") or "")
+
+
+def _expiry(document: dict[str, Any]) -> float:
+    """When a token from the token server's answer expires (``issued_at`` + ``expires_in``), in time.time()."""
+    lifetime = document.get("expires_in")
+    if not isinstance(lifetime, int) or isinstance(lifetime, bool) or lifetime <= 0:
+        lifetime = TOKEN_LIFETIME
+    issued = time.time()
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        issued = datetime.fromisoformat(document["issued_at"]).timestamp()
+    return issued + lifetime
+
+
+async def _read(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body up to ``limit`` bytes, or ``limit + 1`` of them when it is longer."""
+    data = b""
+    while len(data) <= limit and (more := await response.content.read(limit + 1 - len(data))):
+        data += more
+    return data
+
+
+async def _to_thread(function: Callable[..., T], *args: Any) -> T:
+    """``asyncio.to_thread`` that a cancelled caller still waits for: the thread writes files the
+    caller's cleanup would otherwise close under it."""
+    future = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
+
+
+def _disk_error(err: OSError, digest: str) -> ImageError:
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    return ImageError(f"{reason[:1].lower()}{reason[1:]} while pulling blob {digest}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer content, checked while it downloads
+
+
+def _inspect(source: BinaryIO, compression: Compression, base: bool) -> tuple[str, int]:
+    """(diff_id, size) of a layer's uncompressed tar; InvalidLayer if it is malformed or unsafe.
+
+    ``base``: the layer is the image's bottom one (see ``validate_layer``).
+    """
+    try:
+        plain = DigestReader(compression.open(source))
+        validate_layer(io.BufferedReader(plain, CHUNK), base=base)
+        plain.drain()  # the diff_id covers what follows the end-of-archive marker too
+    except MALFORMED as err:
+        raise InvalidLayer(f"not a valid tar archive: {err}") from err
+    return plain.digest, plain.size
+
+
+def _inspect_blob(path: Path, compression: Compression, base: bool) -> tuple[str, int]:
+    with path.open("rb") as blob:
+        return _inspect(blob, compression, base)
+
+
+class _Pipe(io.RawIOBase):
+    """Bytes from the event loop to a worker thread, at most ``capacity`` of them waiting.
+
+    A resumed download's first ``prefix_size`` bytes are read from its partial file instead.
+    ``end`` is both the writer's end of data and the reader's giving up: the reader then sees
+    the end of the stream once the pipe is empty, and later writes are dropped.
+    """
+
+    def __init__(self, prefix: Path, prefix_size: int, capacity: int = PIPE_CAPACITY) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._prefix_left = prefix_size
+        self._prefix_file: BinaryIO | None = None
+        self._chunks: deque[memoryview] = deque()
+        self._buffered = 0
+        self._capacity = capacity
+        self._ended = False
+        self._changed = threading.Condition()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._prefix_left:
+            if self._prefix_file is None:
+                self._prefix_file = self._prefix.open("rb")
+            data = self._prefix_file.read(min(len(view), self._prefix_left))
+            # A partial cut shorter under us (a restart) ends the stream: this check is being dropped.
+            self._prefix_left = self._prefix_left - len(data) if data else 0
+            view[: len(data)] = data
+            return len(data)
+        with self._changed:
+            while not self._chunks and not self._ended:
+                self._changed.wait()
+            if not self._chunks:
+                return 0
+            chunk = self._chunks.popleft()
+            size = min(len(view), len(chunk))
+            if size < len(chunk):
+                self._chunks.appendleft(chunk[size:])
+            self._buffered -= size
+            self._changed.notify_all()
+        view[:size] = chunk[:size]
+        return size
+
+    def offer(self, data: bytes) -> bool:
+        """Hand ``data`` over unless the pipe is full; False if it is."""
+        with self._changed:
+            if self._buffered >= self._capacity and not self._ended:
+                return False
+            self._append(data)
+            return True
+
+    def put(self, data: bytes) -> None:
+        """Hand ``data`` over, waiting for room (in a thread: this blocks)."""
+        with self._changed:
+            while self._buffered >= self._capacity and not self._ended:
+                self._changed.wait()
+            self._append(data)
+
+    def _append(self, data: bytes) -> None:
+        if not self._ended:
+            self._chunks.append(memoryview(data))
+            self._buffered += len(data)
+            self._changed.notify_all()
+
+    def end(self) -> None:
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        if self._prefix_file is not None:
+            self._prefix_file.close()
+        super().close()
+
+
 class _Content:
-    """The diff_id and uncompressed size of a layer blob, computed as its bytes go by."""
+    """A layer blob's content, decompressed, hashed and validated by a worker thread as it arrives.
 
-    def __init__(self, media_type: str) -> None:
-        if media_type not in GZIP_LAYERS + TAR_LAYERS:
-            raise ImageError(f"unsupported layer media type {media_type!r}")
-        self.gzip = media_type in GZIP_LAYERS
-        self._inflate = zlib.decompressobj(wbits=31) if self.gzip else None
-        self._hash = hashlib.sha256()
-        self._error: ImageError | None = None
-        self.size = 0
+    The download is thereby the only pass over the layer; the pipe between them is bounded, so
+    a slow check slows the download rather than filling memory.  Problems are reported by
+    ``finish``, which the caller awaits only once the blob matched its digest: a corrupt
+    download should say so, not that its (corrupt) tar is malformed.
+    """
 
-    def feed(self, data: bytes) -> None:
-        # A bad stream is reported by finish(), after the blob's digest was checked: a corrupt
-        # download should say so, not that its (corrupt) gzip is malformed.
-        while self._inflate is not None and data and self._error is None:
-            if self._inflate.eof:
-                # A new gzip member (concatenated gzip is valid and some tools write it).
-                self._inflate = zlib.decompressobj(wbits=31)
-            try:
-                plain = self._inflate.decompress(data)
-            except zlib.error as err:
-                self._error = ImageError(f"layer is not valid gzip: {err}")
-                return
-            self._add(plain)
-            data = self._inflate.unused_data if self._inflate.eof else b""
-        if self._inflate is None:
-            self._add(data)
+    def __init__(self, compression: Compression, base: bool, partial: Path, prefix_size: int) -> None:
+        self._pipe = _Pipe(partial, prefix_size)
+        self._loop = asyncio.get_running_loop()
+        self._result: asyncio.Future[tuple[str, int]] = self._loop.create_future()
+        # When the check is dropped (a restart, a failed pull) nobody awaits it: mark its error seen.
+        self._result.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # A thread of its own, not the default executor's: ``feed`` may take one of those to wait
+        # for room in the pipe, which only this thread can make.  Never joined: ``stop`` ends it.
+        threading.Thread(target=self._check, args=(compression, base), name="layer-check", daemon=True).start()
 
-    def _add(self, plain: bytes) -> None:
-        self._hash.update(plain)
-        self.size += len(plain)
+    def _check(self, compression: Compression, base: bool) -> None:
+        try:
+            outcome: tuple[str, int] | BaseException = _inspect(io.BufferedReader(self._pipe, CHUNK), compression, base)
+        except BaseException as err:  # handed to the awaiting task, which re-raises it
+            outcome = err
+        finally:
+            # A reader that stopped early must not leave the download waiting for room.
+            self._pipe.end()
+            self._pipe.close()
+        with contextlib.suppress(RuntimeError):  # the loop is gone: so is anyone who cared
+            self._loop.call_soon_threadsafe(self._settle, outcome)
 
-    def finish(self) -> str:
-        if self._error is not None:
-            raise self._error
-        if self._inflate is not None:
-            if not self._inflate.eof:
-                raise ImageError("layer is truncated gzip")
-            self._add(self._inflate.flush())
-        return f"sha256:{self._hash.hexdigest()}"
+    def _settle(self, outcome: tuple[str, int] | BaseException) -> None:
+        if self._result.done():
+            return
+        if isinstance(outcome, BaseException):
+            self._result.set_exception(outcome)
+        else:
+            self._result.set_result(outcome)
+
+    async def feed(self, data: bytes) -> None:
+        if not self._pipe.offer(data):
+            await asyncio.to_thread(self._pipe.put, data)
+
+    async def finish(self) -> tuple[str, int]:
+        """(diff_id, size of the uncompressed tar) once the whole blob was fed."""
+        self._pipe.end()
+        return await self._result
+
+    def stop(self) -> None:
+        self._pipe.end()
+
+
+class _Progress:
+    """Docker's JSON progress messages, given to a callback that must never disturb the pull."""
+
+    def __init__(self, callback: Callable[[dict[str, Any]], None] | None) -> None:
+        self._callback = callback
+        self._last: dict[str, float] = {}
+
+    def __call__(self, status: str, id: str = "", **extra: Any) -> None:
+        if self._callback is None:
+            return
+        message: dict[str, Any] = {"status": status, **({"id": id} if id else {}), **extra}
+        # A broken consumer (a client that went away) is its own problem, not the pull's.
+        with contextlib.suppress(Exception):
+            self._callback(message)
+
+    def downloading(self, id: str, current: int, total: int) -> None:
+        now = time.monotonic()
+        if current < total and now - self._last.get(id, -math.inf) < PROGRESS_INTERVAL:
+            return
+        self._last[id] = now
+        self("Downloading", id, progressDetail={"current": current, "total": total})
+
+
+class _Download:
+    """A layer blob on its way into the store: its partial file and the check of its content."""
+
+    def __init__(self, staged: Staged, descriptor: tuple[str, int, str], base: bool, progress: _Progress) -> None:
+        self.staged = staged
+        self.digest, self.size, media_type = descriptor
+        self.id = self.digest[7:19]
+        self.resumed = staged.size > 0   # holds bytes from an earlier pull
+        self._compression = LAYER_COMPRESSION[media_type]
+        self._base = base
+        self._progress = progress
+        self.content = _Content(self._compression, base, staged.path, staged.size)
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self.staged.write(data)
+        except OSError as err:
+            # What was written is in doubt: nothing of it may be resumed.
+            self.staged.discard()
+            raise _disk_error(err, self.digest) from err
+        await self.content.feed(data)
+        self._progress.downloading(self.id, self.staged.size, self.size)
+
+    def restart(self) -> None:
+        """Drop what was downloaded: the blob comes again from its first byte."""
+        self.content.stop()
+        try:
+            self.staged.restart()
+        except OSError as err:
+            self.staged.discard()
+            raise _disk_error(err, self.digest) from err
+        self.resumed = False
+        self.content = _Content(self._compression, self._base, self.staged.path, 0)
+
+    def close(self) -> None:
+        self.content.stop()
+        self.staged.release()
 
 
 # ---------------------------------------------------------------------------------------------
 # The client
 
 
-class Registry:
-    """One registry host, reached through an aiohttp session owned by the caller."""
+class _Failure(RegistryError):
+    """A failure the request path acts on: a ``transient`` one is tried again after a pause, an
+    ``unreachable`` endpoint (no HTTP exchange at all) is left for the next one."""
 
-    def __init__(self, session: aiohttp.ClientSession, host: str) -> None:
+    def __init__(self, message: str, *, registry: str, transient: bool = True, unreachable: bool = False) -> None:
+        super().__init__(message, registry=registry)
+        self.transient = transient
+        self.unreachable = unreachable
+
+
+class Registry:
+    """One registry host, reached through an aiohttp session owned by the caller.
+
+    ``credentials`` go to the registry and its token server, never to a mirror: a mirror is a
+    cache with its own upstream credentials, and a Hub password has no business elsewhere.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, host: str, credentials: Credentials | None = None,
+                 options: RegistryOptions = RegistryOptions(), *, mirrors: bool = True) -> None:
         self.session = session
         self.host = host
-        endpoint = DOCKER_HUB_API if host == DOCKER_HUB else host
-        self.base = f"{'http' if is_loopback(host) else 'https'}://{endpoint}/v2/"
-        self._tokens: dict[str, str] = {}
+        self.credentials = credentials
+        self.options = options
+        self.endpoints = endpoints(host, options, mirrors=mirrors)
+        self._current = 0
+        self._challenges: dict[str, tuple[str, dict[str, str]]] = {}
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._token_lock = asyncio.Lock()
 
-    async def _send(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        try:
-            return await self.session.get(url, headers=headers)
-        except aiohttp.ClientConnectorError as err:
-            reason = os.strerror(err.os_error.errno) if err.os_error.errno else str(err.os_error)
-            raise RegistryError(f"cannot reach registry {self.host}: {reason}", registry=self.host) from err
-        except (aiohttp.ClientError, TimeoutError) as err:
-            raise RegistryError(f"registry {self.host}: {type(err).__name__}: {err}".rstrip(": "),
-                                registry=self.host) from err
+    # -- the request path --------------------------------------------------------------------------
 
-    async def get(self, path: str, repository: str, headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
-        """GET ``/v2/<path>``, answering one Bearer challenge; the caller reads and releases the response."""
-        scope = f"repository:{repository}:pull"
+    async def _call(self, operation: Callable[[Endpoint], Awaitable[T]]) -> T:
+        """Run ``operation`` against the current endpoint, as its failure says: a mirror's failure, or an
+        endpoint that could not be reached, moves on to the next endpoint; a transient one is tried
+        again, ``ATTEMPTS`` times at most with exponential backoff; anything else is final."""
+        attempt = 1
+        while True:
+            index = self._current
+            endpoint = self.endpoints[index]
+            try:
+                return await operation(endpoint)
+            except RegistryError as err:
+                failure = err if isinstance(err, _Failure) else None
+                if index + 1 < len(self.endpoints) and (endpoint.mirror or (failure and failure.unreachable)):
+                    log.info("%s; trying %s", err, self.endpoints[index + 1].base)
+                    # Downloads share the endpoint: only the first to see it fail moves everyone on.
+                    if self._current == index:
+                        self._current = index + 1
+                    attempt = 1
+                    continue
+                if failure is None or not failure.transient or attempt == ATTEMPTS:
+                    raise
+            await asyncio.sleep(RETRY_DELAY * 2 ** (attempt - 1))
+            attempt += 1
+
+    def _credentials(self, endpoint: Endpoint) -> Credentials | None:
+        return None if endpoint.mirror else self.credentials
+
+    async def _open(self, endpoint: Endpoint, path: str, scope: str,
+                    headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+        """GET ``path`` under ``endpoint``, answering one authentication challenge.
+
+        A cached token refused with 401 is fetched again, once.  The caller reads and releases
+        the response, whatever its status.
+        """
         retried = False
         while True:
             sent = dict(headers or {})
-            if scope in self._tokens:
-                sent["Authorization"] = f"Bearer {self._tokens[scope]}"
-            response = await self._send(self.base + path, sent)
+            if authorization := await self._authorization(endpoint, scope):
+                sent["Authorization"] = authorization
+            response = await self._send(endpoint, path, sent)
             if response.status != 401 or retried:
                 return response
             scheme, params = parse_challenge(response.headers.get("WWW-Authenticate", ""))
-            if scheme != "bearer" or "realm" not in params:
+            credentials = self._credentials(endpoint)
+            if not ((scheme == "bearer" and "realm" in params)
+                    or (scheme == "basic" and credentials is not None and credentials.username)):
                 return response
             response.release()
-            self._tokens[scope] = await self._token(params, scope)
+            self._challenges[endpoint.base] = (scheme, params)
+            self._tokens.pop((endpoint.base, scope), None)
             retried = True
 
-    async def _token(self, challenge: dict[str, str], scope: str) -> str:
-        realm = challenge["realm"]
-        host = URL(realm)
-        if host.scheme != "https" and not (host.scheme == "http" and is_loopback(host.host or "")):
-            raise RegistryError(f"registry {self.host}: refusing token realm {realm} (not HTTPS)", registry=self.host)
-        query = {"scope": challenge.get("scope") or scope}
-        if "service" in challenge:
-            query["service"] = challenge["service"]
+    async def _send(self, endpoint: Endpoint, path: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         try:
-            async with self.session.get(realm, params=query) as response:
-                body = await response.content.read(MAX_TOKEN)
-                if response.status != 200:
-                    raise RegistryError(f"registry {self.host}: token server {realm} answered {response.status}",
-                                        registry=self.host)
-        except aiohttp.ClientError as err:
-            raise RegistryError(f"registry {self.host}: cannot get a token from {realm}: {err}",
-                                registry=self.host) from err
+            return await self.session.get(endpoint.base + path, headers=headers, ssl=endpoint.verify)
+        except aiohttp.ClientSSLError as err:
+            raise _Failure(f"registry {self.host}: TLS with {URL(endpoint.base).origin()} failed: {err}",
+                           registry=self.host, transient=False, unreachable=True) from err
+        except aiohttp.ClientConnectorError as err:
+            reason = os.strerror(err.os_error.errno) if err.os_error.errno else str(err.os_error)
+            raise _Failure(f"cannot reach registry {self.host}: {reason}", registry=self.host,
+                           unreachable=True) from err
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise _Failure(f"registry {self.host}: {type(err).__name__}: {err}".rstrip(": "), registry=self.host,
+                           unreachable=True) from err
+
+    async def _authorization(self, endpoint: Endpoint, scope: str) -> str | None:
+        """The ``Authorization`` header for the endpoint's last challenge, fetching a token if need be."""
+        challenge = self._challenges.get(endpoint.base)
+        if challenge is None:
+            return None
+        scheme, params = challenge
+        credentials = self._credentials(endpoint)
+        if scheme == "basic":
+            return credentials.basic if credentials is not None else None
+        key = (endpoint.base, scope)
+        # One token request per scope however many downloads need it at once.
+        async with self._token_lock:
+            token = self._tokens.get(key)
+            if token is None or token[1] <= time.time():
+                token = self._tokens[key] = await self._token(params, scope, credentials)
+        return f"Bearer {token[0]}"
+
+    async def _token(self, challenge: dict[str, str], scope: str,
+                     credentials: Credentials | None) -> tuple[str, float]:
+        """(token, expiry) from the challenge's token server, as Docker asks for one."""
+        realm = challenge["realm"]
+        url = URL(realm)
+        insecure = is_insecure(url.host_port_subcomponent or "", self.options.insecure)
+        if url.scheme != "https" and not (url.scheme == "http" and (is_loopback(url.host or "") or insecure)):
+            raise RegistryError(f"registry {self.host}: refusing token realm {realm} (not HTTPS)", registry=self.host)
+        query = {"service": challenge["service"]} if "service" in challenge else {}
+        if wanted := challenge.get("scope") or scope:
+            query["scope"] = wanted
+        if credentials is not None and credentials.identity_token:
+            # OAuth2 refresh, as docker does with the identity token a login returned.
+            form = {**query, "grant_type": "refresh_token", "refresh_token": credentials.identity_token,
+                    "client_id": "hyper"}
+            request = self.session.post(realm, data=form, ssl=not insecure)
+        elif credentials is not None:
+            request = self.session.get(realm, params={**query, "account": credentials.username}, ssl=not insecure,
+                                       headers={"Authorization": credentials.basic})
+        else:
+            request = self.session.get(realm, params=query, ssl=not insecure)
+        try:
+            async with request as response:
+                body = await _read(response, MAX_TOKEN)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise _Failure(f"registry {self.host}: cannot get a token from {realm}: {err}",
+                           registry=self.host) from err
+        if status in (401, 403):
+            raise self._refused(_error_message(body)[1], credentials, realm)
+        if status != 200:
+            raise _Failure(f"registry {self.host}: token server {realm} answered {status}", registry=self.host,
+                           transient=status in TRANSIENT)
         try:
             document = json.loads(body)
         except ValueError:
             document = None
         token = document.get("token") or document.get("access_token") if isinstance(document, dict) else None
-        if not isinstance(token, str) or not token:
+        if not isinstance(document, dict) or not isinstance(token, str) or not token:
             raise RegistryError(f"registry {self.host}: token server {realm} sent no token", registry=self.host)
-        return token
+        return token, _expiry(document)
 
-    async def _fail(self, response: aiohttp.ClientResponse, repository: str, reference: str) -> RegistryError:
-        """The registry's error answer as one line."""
-        body = await response.content.read(MAX_ERROR_BODY)
-        response.release()
-        code = message = ""
+    def _refused(self, message: str, credentials: Credentials | None, where: str = "") -> RegistryError:
+        # Docker's wording starts with the error code, which scripts match on: "unauthorized: ...".
+        message = message if message.lower().startswith("unauthorized") else \
+            f"unauthorized: {message}" if message else "unauthorized"
+        if credentials is None:
+            return RegistryError(f"{message}: registry {self.host} refused access"
+                                 + (f" to {where}" if where else ""), registry=self.host, code="UNAUTHORIZED")
+        user = f' for user "{credentials.username}"' if credentials.username else ""
+        return RegistryError(f"{message}: registry {self.host} refused the credentials{user}",
+                             registry=self.host, code="UNAUTHORIZED")
+
+    async def _fail(self, response: aiohttp.ClientResponse, name: str = "") -> RegistryError:
+        """The registry's error answer as one line; ``name`` is what was asked for."""
         try:
-            first = json.loads(body)["errors"][0]
-            code, message = str(first.get("code") or ""), str(first.get("message") or "")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            pass
-        separator = "@" if reference.startswith("sha256:") else ":"
-        name = f"{repository}{separator}{reference}"
-        kinds = {"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"}
-        if code in kinds or (not code and response.status == 404):
+            body = await _read(response, MAX_ERROR_BODY)
+        except (aiohttp.ClientError, TimeoutError):
+            body = b""
+        finally:
+            response.release()
+        code, message = _error_message(body)
+        status = response.status
+        if name and (code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN") or (not code and status == 404)):
             return ManifestUnknown(f"{message or code.lower().replace('_', ' ') or 'not found'}: "
                                    f"registry {self.host} has no {name}", registry=self.host, reference=name,
                                    code=code)
-        if response.status in (401, 403):
-            return RegistryError(f"{message or 'unauthorized'}: registry {self.host} refused access to {name}",
-                                 registry=self.host, reference=name, code=code)
-        detail = f": {message}" if message else ""
-        return RegistryError(f"registry {self.host} answered {response.status} {response.reason or ''}".rstrip()
-                             + f" for {name}{detail}", registry=self.host, reference=name, code=code)
+        if status == 401 and response.request_info.headers.get("Authorization", "").startswith("Basic "):
+            return self._refused(message, self.credentials)
+        if status in (401, 403):
+            return self._refused(message, None, name)
+        text = (f"registry {self.host} answered {status} {response.reason or ''}".rstrip()
+                + (f" for {name}" if name else "") + (f": {message}" if message else ""))
+        if status in TRANSIENT:
+            return _Failure(text, registry=self.host)
+        return RegistryError(text, registry=self.host, reference=name, code=code)
 
     async def _bounded(self, response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
-        if response.content_length is not None and response.content_length > limit:
-            response.release()
-            raise RegistryError(f"registry {self.host}: {what} is {response.content_length} bytes, over the "
-                                f"{limit >> 20} MiB limit", registry=self.host)
         try:
-            data = await response.content.read(limit + 1)
-            while len(data) <= limit and (more := await response.content.read(limit + 1 - len(data))):
-                data += more
-        except aiohttp.ClientError as err:
-            raise RegistryError(f"registry {self.host}: reading {what}: {err}", registry=self.host) from err
+            if response.content_length is not None and response.content_length > limit:
+                raise RegistryError(f"registry {self.host}: {what} is {response.content_length} bytes, over the "
+                                    f"{limit >> 20} MiB limit", registry=self.host)
+            data = await _read(response, limit)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise _Failure(f"registry {self.host}: reading {what}: {err}", registry=self.host) from err
         finally:
             response.release()
         if len(data) > limit:
@@ -313,30 +760,48 @@ class Registry:
                                 registry=self.host)
         return data
 
+    # -- operations --------------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """``GET /v2/`` with the credentials: what ``docker login`` does to verify them."""
+        async def attempt(endpoint: Endpoint) -> None:
+            response = await self._open(endpoint, "", "")
+            if response.status != 200:
+                raise await self._fail(response)
+            response.release()
+        await self._call(attempt)
+
     async def manifest(self, repository: str, reference: str) -> tuple[bytes, str, str]:
         """(content, media type, digest) of a manifest by tag or digest, verified when the digest is known."""
-        response = await self.get(f"{repository}/manifests/{reference}", repository, {"Accept": ACCEPT})
-        if response.status != 200:
-            raise await self._fail(response, repository, reference)
-        header_type = response.content_type
-        claimed = response.headers.get("Docker-Content-Digest", "")
-        data = await self._bounded(response, MAX_MANIFEST, f"manifest {repository}:{reference}")
-        digest = _digest(data)
-        expected = reference if reference.startswith("sha256:") else claimed if _DIGEST.fullmatch(claimed) else ""
-        if expected and digest != expected:
-            raise RegistryError(f"registry {self.host} sent a manifest for {repository}@{expected} whose content "
-                                f"hashes to {digest}", registry=self.host, reference=f"{repository}@{expected}")
+        separator = "@" if reference.startswith("sha256:") else ":"
+        name = f"{repository}{separator}{reference}"
+
+        async def attempt(endpoint: Endpoint) -> tuple[bytes, str, str]:
+            response = await self._open(endpoint, f"{repository}/manifests/{reference}", _scope(repository),
+                                        {"Accept": ACCEPT})
+            if response.status != 200:
+                raise await self._fail(response, name)
+            header_type = response.content_type
+            claimed = response.headers.get("Docker-Content-Digest", "")
+            data = await self._bounded(response, MAX_MANIFEST, f"manifest {name}")
+            digest = _digest(data)
+            expected = reference if reference.startswith("sha256:") else claimed if _DIGEST.fullmatch(claimed) else ""
+            if expected and digest != expected:
+                raise RegistryError(f"registry {self.host} sent a manifest for {repository}@{expected} whose "
+                                    f"content hashes to {digest}", registry=self.host,
+                                    reference=f"{repository}@{expected}")
+            return data, header_type, digest
+
+        data, header_type, digest = await self._call(attempt)
         try:
             document = json.loads(data)
         except ValueError as err:
-            raise RegistryError(f"registry {self.host}: manifest {repository}:{reference} is not JSON",
-                                registry=self.host) from err
+            raise RegistryError(f"registry {self.host}: manifest {name} is not JSON", registry=self.host) from err
         if not isinstance(document, dict):
-            raise RegistryError(f"registry {self.host}: manifest {repository}:{reference} is not a JSON object",
-                                registry=self.host)
+            raise RegistryError(f"registry {self.host}: manifest {name} is not a JSON object", registry=self.host)
         media_type = document.get("mediaType") or header_type
         if document.get("schemaVersion") == 1 or media_type in SCHEMA1:
-            raise RegistryError(f"{repository}:{reference} on registry {self.host} is a Docker schema 1 image, "
+            raise RegistryError(f"{name} on registry {self.host} is a Docker schema 1 image, "
                                 "which is not supported: push it again with a current client", registry=self.host)
         if not isinstance(media_type, str):
             media_type = ""
@@ -346,44 +811,91 @@ class Registry:
             elif "layers" in document:
                 media_type = OCI_MANIFEST
             else:
-                raise RegistryError(f"registry {self.host}: {repository}:{reference} has the unsupported manifest "
+                raise RegistryError(f"registry {self.host}: {name} has the unsupported manifest "
                                     f"media type {media_type!r}", registry=self.host)
         return data, media_type, digest
 
     async def small_blob(self, repository: str, digest: str, limit: int) -> bytes:
         """A blob read into memory (a config), verified against its digest."""
-        response = await self.get(f"{repository}/blobs/{digest}", repository)
-        if response.status != 200:
-            raise await self._fail(response, repository, digest)
-        data = await self._bounded(response, limit, f"blob {digest}")
-        if _digest(data) != digest:
-            raise RegistryError(f"registry {self.host} sent blob {digest} whose content hashes to {_digest(data)}",
-                                registry=self.host)
-        return data
+        async def attempt(endpoint: Endpoint) -> bytes:
+            response = await self._open(endpoint, f"{repository}/blobs/{digest}", _scope(repository))
+            if response.status != 200:
+                raise await self._fail(response, f"{repository}@{digest}")
+            data = await self._bounded(response, limit, f"blob {digest}")
+            if _digest(data) != digest:
+                raise RegistryError(f"registry {self.host} sent blob {digest} whose content hashes to "
+                                    f"{_digest(data)}", registry=self.host)
+            return data
+        return await self._call(attempt)
 
-    async def blob(self, repository: str, digest: str, size: int, staged: Staged, content: _Content) -> None:
-        """Stream a blob into ``staged`` (never whole in memory), feeding ``content``; checks size and digest."""
-        response = await self.get(f"{repository}/blobs/{digest}", repository)
-        if response.status != 200:
-            raise await self._fail(response, repository, digest)
+    async def blob(self, repository: str, download: _Download) -> None:
+        """Stream a blob into ``download`` (never whole in memory), resuming where it stopped; checks its digest."""
+        digest, staged = download.digest, download.staged
+
+        async def attempt(endpoint: Endpoint) -> None:
+            if staged.size < download.size:
+                headers = {"Range": f"bytes={staged.size}-"} if staged.size else {}
+                response = await self._open(endpoint, f"{repository}/blobs/{digest}", _scope(repository), headers)
+                try:
+                    await self._receive(response, repository, download)
+                finally:
+                    response.release()
+            if staged.digest != digest:
+                found, resumed = staged.digest, download.resumed
+                download.restart()
+                if resumed:
+                    # The bytes kept from an earlier pull were damaged (a crash before they reached the disk).
+                    raise _Failure(f"registry {self.host}: the partial download of blob {digest} was damaged",
+                                   registry=self.host)
+                raise RegistryError(f"registry {self.host} sent blob {digest} whose content hashes to {found}",
+                                    registry=self.host)
+
+        await self._call(attempt)
+
+    async def _receive(self, response: aiohttp.ClientResponse, repository: str, download: _Download) -> None:
+        digest, size, staged = download.digest, download.size, download.staged
+        if response.status == 206:
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            if match is None or int(match[1]) != staged.size:
+                download.restart()
+                raise _Failure(f"registry {self.host} answered a range request for blob {digest} with "
+                               f"the wrong range", registry=self.host)
+        elif response.status == 200:
+            if staged.size:
+                download.restart()  # the registry ignores ranges: take it all again
+        else:
+            raise await self._fail(response, f"{repository}@{digest}")
         try:
             async for chunk in response.content.iter_chunked(CHUNK):
                 if staged.size + len(chunk) > size:
                     raise RegistryError(f"registry {self.host} sent more than the {size} bytes of blob {digest}",
                                         registry=self.host)
-                staged.write(chunk)
-                content.feed(chunk)
-        except aiohttp.ClientError as err:
-            raise RegistryError(f"registry {self.host}: downloading blob {digest}: {err}",
-                                registry=self.host) from err
-        finally:
-            response.release()
+                await download.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise _Failure(f"registry {self.host}: blob {digest} cut short at {staged.size} of {size} bytes: "
+                           f"{type(err).__name__}: {err}".rstrip(": "), registry=self.host) from err
         if staged.size != size:
-            raise RegistryError(f"registry {self.host} sent {staged.size} of the {size} bytes of blob {digest}",
-                                registry=self.host)
-        if staged.digest != digest:
-            raise RegistryError(f"registry {self.host} sent blob {digest} whose content hashes to {staged.digest}",
-                                registry=self.host)
+            raise _Failure(f"registry {self.host} sent {staged.size} of the {size} bytes of blob {digest}",
+                           registry=self.host)
+
+
+def _scope(repository: str) -> str:
+    return f"repository:{repository}:pull"
+
+
+async def login(host: str, credentials: Credentials, options: RegistryOptions = RegistryOptions(),
+                session: aiohttp.ClientSession | None = None) -> None:
+    """Check ``credentials`` with registry ``host`` as ``docker login`` does; RegistryError if refused.
+
+    ``host`` may be a URL (``https://index.docker.io/v1/``, as docker clients send for the Hub).
+    A registry that lets anyone in accepts any credentials, as with docker.
+    """
+    registry_host = _login_host(host)
+    if session is None:
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as own:
+            await Registry(own, registry_host, credentials, options, mirrors=False).check()
+    else:
+        await Registry(session, registry_host, credentials, options, mirrors=False).check()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,24 +906,33 @@ class Registry:
 class Pulled:
     image: Image
     digest: str        # of what the reference names: the index when there is one
-    new: bool          # False when the store had the image already
+    new: bool          # False when the reference already named this image
 
 
-async def pull(store: ImageStore, reference: str, platform: Platform | None = None,
+async def pull(store: ImageStore, reference: str, platform: Platform | None = None, *,
+               credentials: Credentials | None = None, options: RegistryOptions = RegistryOptions(),
+               progress: Callable[[dict[str, Any]], None] | None = None,
                session: aiohttp.ClientSession | None = None) -> Pulled:
-    """Pull ``reference`` into ``store`` and tag it (unless it names a digest)."""
+    """Pull ``reference`` into ``store`` and tag it (unless it names a digest).
+
+    ``progress`` receives Docker's JSON progress messages (the body of ``POST /images/create``).
+    """
     ref = parse_reference(reference)
     host, repository = locate(ref)
+    report = _Progress(progress)
     if session is None:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as own:
-            return await _pull(store, Registry(own, host), ref, repository, platform or Platform())
-    return await _pull(store, Registry(session, host), ref, repository, platform or Platform())
+            registry = Registry(own, host, credentials, options)
+            return await _pull(store, registry, ref, repository, platform or Platform(), report)
+    return await _pull(store, Registry(session, host, credentials, options), ref, repository,
+                       platform or Platform(), report)
 
 
-async def _pull(store: ImageStore, registry: Registry, ref: Reference, repository: str,
-                platform: Platform) -> Pulled:
+async def _pull(store: ImageStore, registry: Registry, ref: Reference, repository: str, platform: Platform,
+                report: _Progress) -> Pulled:
     wanted = ref.digest or ref.tag or "latest"
     tag = None if ref.digest is not None else str(Reference(ref.repository, ref.tag))
+    report(f"Pulling from {repository}", wanted)
     data, media_type, top = await registry.manifest(repository, wanted)
     if media_type in (OCI_INDEX, DOCKER_LIST):
         digest, _, _ = _descriptor(select_platform(json.loads(data), platform), f"{platform} manifest")
@@ -425,35 +946,94 @@ async def _pull(store: ImageStore, registry: Registry, ref: Reference, repositor
     if not isinstance(descriptors, list) or not descriptors:
         raise ImageError(f"manifest of {ref}: no layers")
     wanted_layers = [_descriptor(item, f"layer {index}") for index, item in enumerate(descriptors)]
-    config = await registry.small_blob(repository, config_digest, MAX_CONFIG)
+    for _, _, layer_type in wanted_layers:
+        if layer_type not in LAYER_COMPRESSION:
+            raise ImageError(f"unsupported layer media type {layer_type!r}")
+    present = await asyncio.to_thread(_resolved, store, config_digest)
+    # What the reference named before: "up to date" only if it already named this image, as in Docker.
+    before = await asyncio.to_thread(_resolved, store, tag or f"{ref.repository}@{top}")
+    if present is None:
+        config = await registry.small_blob(repository, config_digest, MAX_CONFIG)
+        layers = await _layers(store, registry, repository, wanted_layers, report)
+        size = sum(layer.content_size or 0 for layer in layers)
+    else:
+        # Present: the manifest named a config we hold, so neither it nor a layer is fetched again.
+        config = await asyncio.to_thread(store.blobs.read, config_digest)
+        layers, size = list(present.layers), present.size
+    image = await asyncio.to_thread(store.record, data, config, layers, size, tag,
+                                    repo_digest=f"{ref.repository}@{top}")
+    report(f"Digest: {top}")
+    new = before is None or before.id != image.id
+    outcome = "Downloaded newer image" if new else "Image is up to date"
+    report(f"Status: {outcome} for {tag or f'{ref.repository}@{top}'}")
+    return Pulled(image, top, new=new)
+
+
+def _resolved(store: ImageStore, name: str) -> Image | None:
     try:
-        present = await asyncio.to_thread(store.resolve, config_digest)
+        return store.resolve(name)
     except ImageError:
-        present = None
-    if present is not None:
-        if tag is not None:
-            present = await asyncio.to_thread(store.tag, present, tag)
-        return Pulled(present, top, new=False)
-    layers: list[Layer] = []
-    total = 0
-    for digest, size, layer_type in wanted_layers:
-        content = _Content(layer_type)
-        if digest in store.blobs:
-            await asyncio.to_thread(_hash_file, store, digest, content)
-        else:
-            with store.blobs.staging() as staged:
-                await registry.blob(repository, digest, size, staged, content)
-                await asyncio.to_thread(store.blobs.commit, staged, digest)
-        layers.append(Layer(content.finish(), digest, layer_type, size))
-        total += content.size
-    image = await asyncio.to_thread(store.record, data, config, layers, total, tag)
-    return Pulled(image, top, new=True)
+        return None
 
 
-def _hash_file(store: ImageStore, digest: str, content: _Content) -> None:
-    with store.blobs.path(digest).open("rb") as blob:
-        while chunk := blob.read(CHUNK):
-            content.feed(chunk)
+async def _layers(store: ImageStore, registry: Registry, repository: str,
+                  descriptors: list[tuple[str, int, str]], report: _Progress) -> list[Layer]:
+    """The manifest's layers, downloaded concurrently (each blob once) and checked; all or none."""
+    limit = asyncio.Semaphore(registry.options.max_concurrent_downloads)
+    unique = list(dict.fromkeys(descriptors))
+    for digest, _, _ in unique:
+        if digest not in store.blobs:
+            report("Pulling fs layer", digest[7:19])
+    # The bottom layer is validated as a base (it has nothing below it); the same blob higher up
+    # passes as well, a base layer's check being the stricter one.
+    tasks = {descriptor: asyncio.create_task(_layer(store, registry, repository, descriptor,
+                                                    descriptor == descriptors[0], limit, report))
+             for descriptor in unique}
+    try:
+        await asyncio.gather(*tasks.values())
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+    return [tasks[descriptor].result() for descriptor in descriptors]
 
 
-__all__ = ["Platform", "Pulled", "Registry", "is_loopback", "locate", "parse_challenge", "pull", "select_platform"]
+async def _layer(store: ImageStore, registry: Registry, repository: str, descriptor: tuple[str, int, str],
+                 base: bool, limit: asyncio.Semaphore, report: _Progress) -> Layer:
+    digest, size, media_type = descriptor
+    short = digest[7:19]
+    if digest in store.blobs:
+        report("Already exists", short)
+        diff_id, content_size = await asyncio.to_thread(_inspect_blob, store.blobs.path(digest),
+                                                        LAYER_COMPRESSION[media_type], base)
+        return Layer(diff_id, digest, media_type, size, content_size)
+    if limit.locked():
+        report("Waiting", short)
+    async with limit:
+        try:
+            staged = await _to_thread(store.blobs.partial, digest, size)
+        except OSError as err:
+            raise _disk_error(err, digest) from err
+        download = _Download(staged, descriptor, base, report)
+        try:
+            await registry.blob(repository, download)
+            report("Verifying Checksum", short)
+            report("Download complete", short)
+            try:
+                diff_id, content_size = await download.content.finish()
+            except InvalidLayer:
+                staged.discard()  # the registry's true content, but never to be used
+                raise
+            try:
+                await _to_thread(store.blobs.commit, staged, digest)
+            except OSError as err:
+                staged.discard()
+                raise _disk_error(err, digest) from err
+        finally:
+            download.close()
+    report("Pull complete", short)
+    return Layer(diff_id, digest, media_type, size, content_size)
+
+
+__all__ = ["Credentials", "Endpoint", "Platform", "Pulled", "Registry", "RegistryOptions", "endpoints",
+           "is_insecure", "is_loopback", "locate", "login", "parse_challenge", "pull", "select_platform"]

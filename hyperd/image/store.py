@@ -399,7 +399,7 @@ class ImageStore:
             except MALFORMED as err:
                 raise InvalidLayer(f"not a valid tar archive: {err}") from err
             layer = Layer(plain.digest, layer_blob.digest, LAYER_GZIP, layer_blob.size, plain.size)
-            config_json = _canonical({
+            config_json = canonical_json({
                 "architecture": _ARCHITECTURES.get(platform.machine(), platform.machine()),
                 "os": "linux",
                 "created": _timestamp(created),
@@ -410,8 +410,8 @@ class ImageStore:
                 "history": [{"created": _timestamp(created), "created_by": "hyper import",
                              **({"comment": comment} if comment else {})}],
             })
-            config_digest = _digest(config_json)
-            manifest_json = _canonical({
+            config_digest = digest_of(config_json)
+            manifest_json = canonical_json({
                 "schemaVersion": 2,
                 "mediaType": MANIFEST,
                 "config": {"mediaType": CONFIG, "digest": config_digest, "size": len(config_json)},
@@ -432,7 +432,7 @@ class ImageStore:
                         if new:
                             created_blobs.append(digest)
                     with self._transaction():
-                        self._insert(config_digest, _digest(manifest_json), int(created.timestamp()), plain.size,
+                        self._insert(config_digest, digest_of(manifest_json), int(created.timestamp()), plain.size,
                                      config_json, [layer])
                         if target is not None:
                             self._set_reference(config_digest, target)
@@ -474,7 +474,7 @@ class ImageStore:
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if diff_ids != [layer.diff_id for layer in layers]:
             raise ImageError("image config: rootfs.diff_ids do not match the layers' content")
-        config_digest = _digest(config)
+        config_digest = digest_of(config)
         created = _parse_timestamp(document.get("created"))
         with self._lock:
             # Checked under the lock: a removal unlinks blobs no row names, as these are until the rows exist.
@@ -487,7 +487,7 @@ class ImageStore:
                 self.blobs.put(manifest)
             with self._transaction():
                 if new:
-                    self._insert(config_digest, _digest(manifest), created, size, config, layers)
+                    self._insert(config_digest, digest_of(manifest), created, size, config, layers)
                 for name in names:
                     self._set_reference(config_digest, name)
             return self._load(config_digest)
@@ -851,12 +851,13 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _canonical(document: Mapping[str, Any]) -> bytes:
+def canonical_json(document: Mapping[str, Any] | Sequence[Any]) -> bytes:
     """Deterministic JSON: the same image always has the same digests."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _digest(data: bytes) -> str:
+def digest_of(data: bytes) -> str:
+    """The sha256 digest of ``data``, as OCI writes it."""
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
@@ -886,4 +887,4 @@ def _parse_timestamp(value: object) -> int:
     return 0 if moment is None else int(moment.timestamp())
 
 
-__all__ = ["Image", "ImageConfig", "ImageStore", "Layer", "Reference", "parse_reference"]
+__all__ = ["Image", "ImageConfig", "ImageStore", "Layer", "Reference", "canonical_json", "digest_of", "parse_reference"]

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from hyperd.image import InvalidLayer
-from hyperd.image.layers import apply_layer, validate_layer
+from hyperd.image.layers import MALFORMED, DigestReader, apply_layer, decompress, validate_layer
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="ownership, device nodes and trusted xattrs need root")
 
@@ -360,3 +361,25 @@ def test_malformed_archives(blob: bytes, target: Path) -> None:
         validate_layer(io.BytesIO(blob))
     with pytest.raises(InvalidLayer, match="layer rejected: "):
         apply_layer(io.BytesIO(blob), target)
+
+
+def test_zstd_layer_of_several_frames_is_applied(target: Path) -> None:
+    plain = layer(member("a", data=b"one"), member("b", data=os.urandom(300_000))).getvalue()
+    # As pigz-like parallel compressors write it: independent frames, one after the other.
+    compressed = b"".join(zstandard.ZstdCompressor().compress(plain[start:start + 100_000])
+                          for start in range(0, len(plain), 100_000))
+    content = DigestReader(decompress(io.BytesIO(compressed)))
+    apply_layer(io.BufferedReader(content), target)
+    content.drain()
+    assert content.size == len(plain)
+    assert (target / "a").read_bytes() == b"one"
+    assert (target / "b").stat().st_size == 300_000
+
+
+@pytest.mark.parametrize("cut", [1, 4096, 10])
+def test_truncated_zstd_is_refused(cut: int, target: Path) -> None:
+    compressed = zstandard.ZstdCompressor().compress(layer(member("a", data=os.urandom(20_000))).getvalue())
+    with pytest.raises(MALFORMED):
+        decompress(io.BytesIO(compressed[:-cut])).read()
+    with pytest.raises(InvalidLayer, match="layer rejected: "):
+        apply_layer(io.BufferedReader(DigestReader(decompress(io.BytesIO(compressed[:-cut])))), target)

@@ -1,0 +1,226 @@
+"""``make bench`` (images): pulling from a loopback registry and running a big image, against skopeo and busybox.
+
+    .venv/bin/python bench/images.py [--runs N] [--size-mib 200] [--json FILE]
+
+Builds a 5-layer image (busybox, then four layers of pseudo-random data summing to
+``--size-mib``, so gzip cannot shrink the transfer) and a smaller one of the same shape,
+pushes both to Debian's docker-registry on a loopback port and measures, in the same run:
+
+- ``hyper pull`` of the big image into an empty store, against ``skopeo copy`` of it to a
+  fresh OCI layout (the baseline: the same bytes fetched and digest-checked);
+- a re-pull of an image already present (a manifest check, no blob);
+- the first ``hyper run --rm IMAGE true`` after a pull, which builds the image's disk, for
+  both sizes, to show how it grows with size;
+- ``hyper run --rm IMAGE true`` with the disk cached, against the same with busybox.
+
+Starts its own hyperd and registry under a scratch directory and leaves nothing behind.
+Reports figures only; no threshold makes it fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the test registry and image builders are shared with the tests
+
+from daemon import Hyperd  # noqa: E402
+from measure import BenchError, Sample, Series, Stats, repeat, timed  # noqa: E402
+from scratch import Scratch  # noqa: E402
+
+from tests.integration import images, registries  # noqa: E402
+
+LAYERS = 4
+"""Data layers on top of busybox: 5 layers in all."""
+SMALL_FRACTION = 4
+"""The small image is this many times smaller than the big one."""
+PULL_TIMEOUT = 900.0
+
+
+def data_image(scratch: Path, seed: str, total: int) -> images.ImageSpec:
+    """busybox and ``LAYERS`` layers of ``total`` pseudo-random bytes; gzip level 1, as data this random would get."""
+    rng = random.Random(seed)
+    size = total // LAYERS
+    data = [images.Layer((images.file(f"data/{index}.bin", rng.randbytes(size)),), level=1)
+            for index in range(LAYERS)]
+    return images.ImageSpec((images.busybox_layer(scratch), *data), cmd=("sh",), env=("PATH=/bin:/sbin",))
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, scratch: Scratch) -> None:
+        self.args = args
+        self.scratch = scratch
+        self.daemon = Hyperd(scratch / "hyperd")
+        self.registry: registries.RegistryServer | None = None
+        self.big = self.small = ""
+        self._copies = 0
+
+    def skopeo_copy(self) -> Sample:
+        self._copies += 1
+        target = self.scratch / f"skopeo-{self._copies}"
+        wall, _ = timed(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{self.big}",
+                         f"oci:{target}:big"], timeout=PULL_TIMEOUT)
+        shutil.rmtree(target, ignore_errors=True)
+        return {"wall": wall}
+
+    def _remove(self, ref: str) -> None:
+        timed(self.daemon.hyper("rmi", ref))
+
+    def pull(self, ref: str) -> Callable[[], Sample]:
+        def once() -> Sample:
+            self._remove(ref)  # an empty store: every blob downloads again
+            wall, _ = timed(self.daemon.hyper("pull", "-q", ref), timeout=PULL_TIMEOUT)
+            return {"wall": wall}
+        return once
+
+    def repull(self) -> Sample:
+        wall, _ = timed(self.daemon.hyper("pull", "-q", self.big), timeout=PULL_TIMEOUT)
+        return {"wall": wall}
+
+    def first_run(self, ref: str) -> Callable[[], Sample]:
+        def once() -> Sample:
+            self._remove(ref)
+            timed(self.daemon.hyper("pull", "-q", ref), timeout=PULL_TIMEOUT)
+            wall, _ = timed(self.daemon.hyper("run", "--rm", ref, "true"), timeout=PULL_TIMEOUT)
+            return {"wall": wall}
+        return once
+
+    def run(self, ref: str) -> Callable[[], Sample]:
+        def once() -> Sample:
+            wall, _ = timed(self.daemon.hyper("run", "--rm", ref, "true"))
+            return {"wall": wall}
+        return once
+
+    def measure(self) -> dict[str, Series]:
+        runs = self.args.runs
+        total = self.args.size_mib << 20
+        layout = self.scratch / "layout"
+        print(f"[bench] building a {self.args.size_mib} MiB and a {self.args.size_mib // SMALL_FRACTION} MiB "
+              "image", file=sys.stderr)
+        images.write_layout(layout, {"big": data_image(self.scratch.path, "big", total),
+                                     "small": data_image(self.scratch.path, "small", total // SMALL_FRACTION)})
+        registry = self.registry
+        assert registry is not None
+        for tag in ("big", "small"):
+            registry.push(layout, tag, f"bench/{tag}:1")
+        self.big, self.small = f"{registry.address}/bench/big:1", f"{registry.address}/bench/small:1"
+        self.daemon.start()
+        timed(self.daemon.hyper("pull", "-q", self.big), timeout=PULL_TIMEOUT)
+        series = {
+            "skopeo": repeat("skopeo copy docker:// -> oci: (big)", runs, self.skopeo_copy, warmup=1),
+            "pull": repeat("hyper pull (big, empty store)", runs, self.pull(self.big)),
+            "repull": repeat("hyper pull (big, already present)", runs, self.repull, warmup=1),
+            "first_small": repeat("pull + first hyper run --rm (small)", runs, self.first_run(self.small)),
+            "first_big": repeat("pull + first hyper run --rm (big)", runs, self.first_run(self.big)),
+        }
+        # Interleaved, so that drift on the host hits both alike.
+        busybox: list[dict[str, float]] = []
+        big: list[dict[str, float]] = []
+        run_busybox, run_big = self.run("busybox"), self.run(self.big)
+        run_busybox(), run_big()  # warm-up: the disks exist, the page cache is warm
+        print("[bench] hyper run --rm true, busybox / big, interleaved: ", end="", file=sys.stderr, flush=True)
+        for _ in range(runs):
+            busybox.append(dict(run_busybox()))
+            big.append(dict(run_big()))
+            print(f"{busybox[-1]['wall']:.2f}/{big[-1]['wall']:.2f} ", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        series["run_busybox"] = Series("hyper run --rm busybox true", busybox, 1)
+        series["run_big"] = Series("hyper run --rm big true (disk cached)", big, 1)
+        return series
+
+    def cleanup(self) -> None:
+        for step in (self.daemon.stop, self.scratch.remove):
+            try:
+                step()
+            except Exception as err:  # report and go on: the rest must still be cleaned
+                print(f"[bench] cleanup: {step.__qualname__} failed: {err}", file=sys.stderr)
+
+
+def _row(label: str, stats: Stats) -> str:
+    return f"  {label:<48} {stats.median:8.3f} s  (min {stats.low:.3f}, max {stats.high:.3f}, n={stats.n})"
+
+
+def render(series: dict[str, Series], size_mib: int) -> str:
+    stats = {name: s.stats() for name, s in series.items()}
+    small = size_mib // SMALL_FRACTION
+    lines = [
+        f"Images: a {size_mib} MiB, 5-layer image from docker-registry on loopback (median, min, max)",
+        _row("skopeo copy to an OCI layout (baseline)", stats["skopeo"]),
+        _row("hyper pull, empty store", stats["pull"]),
+        f"  {'ratio hyper pull / skopeo copy (target <= 1.2)':<48} "
+        f"{stats['pull'].median / stats['skopeo'].median:8.2f} x",
+        _row("hyper pull, image present (target <= 0.3 s)", stats["repull"]),
+        "",
+        "First run after a pull (pull + disk build + run; the pull's own time is above):",
+        _row(f"{small} MiB image", stats["first_small"]),
+        _row(f"{size_mib} MiB image", stats["first_big"]),
+        "",
+        "hyper run --rm IMAGE true with the image's disk cached:",
+        _row("busybox", stats["run_busybox"]),
+        _row(f"{size_mib} MiB image", stats["run_big"]),
+        f"  {'ratio big / busybox (target <= 1.10)':<48} "
+        f"{stats['run_big'].median / stats['run_busybox'].median:8.2f} x",
+    ]
+    return "\n".join(lines)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: unwind through every ``finally``."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/images.py", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
+    parser.add_argument("--size-mib", type=int, default=200, help="size of the big image's data (default 200)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every sample to FILE")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.size_mib < SMALL_FRACTION * LAYERS:
+        parser.error(f"--runs must be at least 1 and --size-mib at least {SMALL_FRACTION * LAYERS}")
+    if os.geteuid() != 0:
+        print("bench: must run as root (hyperd boots VMs)", file=sys.stderr)
+        return 1
+    if (missing := registries.missing_tools()) is not None:
+        print(f"bench: {missing}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _terminate)
+    bench = Bench(args, Scratch())
+    try:
+        with registries.start_registry(bench.scratch / "registry") as registry:
+            bench.registry = registry
+            try:
+                series = bench.measure()
+            finally:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                bench.daemon.stop()
+    except KeyboardInterrupt as interrupt:
+        print("\nbench: interrupted; cleaning up", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+    except (BenchError, registries.RegistryError) as err:
+        print(f"bench: {err}", file=sys.stderr)
+        print(f"hyperd's log, last lines:\n{bench.daemon.log_tail()}", file=sys.stderr)
+        return 1
+    finally:
+        bench.cleanup()
+    print(render(series, args.size_mib))
+    if args.json:
+        args.json.write_text(json.dumps({name: s.to_json() for name, s in series.items()}, indent=2) + "\n")
+        print(f"\nraw numbers: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
