@@ -526,7 +526,9 @@ class _Download:
 
     async def write(self, data: bytes) -> None:
         try:
-            self.staged.write(data)
+            # Off the event loop: a write can block on the page cache's writeback for milliseconds,
+            # which would stall every other download's socket meanwhile.
+            await asyncio.to_thread(self.staged.write, data)
         except OSError as err:
             # What was written is in doubt: nothing of it may be resumed.
             self.staged.discard()
