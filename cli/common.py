@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -57,6 +57,24 @@ def then_echo(action: Callable[[str], object]) -> Callable[[str], None]:
         click.echo(item)
 
     return run
+
+
+def inspect_each(names: Iterable[str], fetch: Callable[[str], dict[str, Any]], fmt: str | None) -> None:
+    """``inspect``: fetch each object (reporting failures one by one), then print them all as
+    docker does, a JSON list or ``fmt`` per object, even when some failed."""
+    found: list[dict[str, Any]] = []
+    try:
+        each(names, lambda name: found.append(fetch(name)))
+    finally:
+        if fmt is None:
+            import json
+
+            click.echo(json.dumps(found, indent=4))
+        else:
+            from cli import template
+
+            for line in template.render(fmt, found):
+                click.echo(line)
 
 
 def split_reference(reference: str) -> tuple[str, str]:

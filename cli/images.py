@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from cli.common import config_dir, connect, each, say, split_reference
+from cli.common import config_dir, connect, each, inspect_each, say, split_reference
 from cli.errors import HyperError
 
 if TYPE_CHECKING:
@@ -198,20 +198,7 @@ def rmi(host: str, force: bool, names: tuple[str, ...]) -> None:
 @click.pass_obj
 def inspect(host: str, fmt: str | None, names: tuple[str, ...]) -> None:
     """Show images' details as JSON."""
-    import json
-
-    client = connect(host)
-    found: list[dict[str, Any]] = []
-    try:
-        each(names, lambda name: found.append(client.image(name)))
-    finally:
-        if fmt is None:
-            click.echo(json.dumps(found, indent=4))
-        else:
-            from cli import template
-
-            for line in template.render(fmt, found):
-                click.echo(line)
+    inspect_each(names, connect(host).image, fmt)
 
 
 @click.command()

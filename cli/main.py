@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from cli import images
-from cli.common import connect, each, say, then_echo
+from cli.common import connect, each, inspect_each, say, then_echo
 from cli.errors import EXIT_DAEMON, HyperError
 
 if TYPE_CHECKING:
@@ -295,38 +295,25 @@ def wait(host: str, containers: tuple[str, ...]) -> None:
 @click.pass_obj
 def inspect(host: str, fmt: str | None, kind: str | None, names: tuple[str, ...]) -> None:
     """Show containers' or images' details as JSON; a name is looked up as a container first."""
-    import json
-
     from cli.errors import APIError
 
     client = connect(host)
-    found: list[dict[str, Any]] = []
 
-    def look_up(name: str) -> None:
+    def look_up(name: str) -> dict[str, Any]:
         if kind != "image":
             try:
-                found.append(client.inspect(name))
-                return
+                return dict(client.inspect(name))
             except APIError as err:
                 if err.status != 404 or kind == "container":
                     raise
         try:
-            found.append(client.image(name))
+            return dict(client.image(name))
         except APIError as err:
             if err.status == 404 and kind is None:
                 raise HyperError(f"No such object: {name}") from err
             raise
 
-    try:
-        each(names, look_up)
-    finally:
-        if fmt is None:
-            click.echo(json.dumps(found, indent=4))
-        else:
-            from cli import template
-
-            for line in template.render(fmt, found):
-                click.echo(line)
+    inspect_each(names, look_up, fmt)
 
 
 @cli.command()

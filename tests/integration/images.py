@@ -140,6 +140,8 @@ class ImageSpec:
     variant: str = ""
     cmd: tuple[str, ...] = ("sh",)
     env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
+    config: tuple[tuple[str, object], ...] = ()
+    """More keys of the image config's ``config`` object (``StopSignal``, ``Labels``, ``WorkingDir``...)."""
 
     @property
     def platform(self) -> dict[str, str]:
@@ -244,7 +246,7 @@ def _manifest(blobs: _Blobs, spec: ImageSpec) -> dict[str, object]:
         diff_ids.append(diff_id)
     config = json.dumps({
         **spec.platform, "created": CREATED,
-        "config": {"Cmd": list(spec.cmd), "Env": list(spec.env)},
+        "config": {"Cmd": list(spec.cmd), "Env": list(spec.env), **dict(spec.config)},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created": CREATED, "created_by": "tests/integration/images.py"} for _ in layers],
     }, sort_keys=True).encode()
@@ -300,10 +302,10 @@ def busybox_layer(scratch: Path) -> Layer:
 
 
 def busybox(scratch: Path, *, cmd: tuple[str, ...] = ("sh",), extra: tuple[Entry, ...] = (),
-            architecture: str = "amd64") -> ImageSpec:
+            architecture: str = "amd64", config: tuple[tuple[str, object], ...] = ()) -> ImageSpec:
     """busybox, with one more layer of ``extra`` entries when given."""
     layers = (busybox_layer(scratch), *((Layer(extra),) if extra else ()))
-    return ImageSpec(layers, architecture=architecture, cmd=cmd, env=("PATH=/bin:/sbin",))
+    return ImageSpec(layers, architecture=architecture, cmd=cmd, env=("PATH=/bin:/sbin",), config=config)
 
 
 def multi_layer(scratch: Path) -> ImageSpec:

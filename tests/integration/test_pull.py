@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import images
-from tests.integration.conftest import CLI_TIMEOUT, Hyper, lines
+from tests.integration.conftest import CLI_TIMEOUT, DaemonFactory, Hyper, lines, wait_for
 from tests.integration.registries import (
     Auth,
     FaultProxy,
@@ -56,6 +56,11 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "platforms": images.platforms(base),
         "multi-layer": images.multi_layer(base),
         "resume": images.incompressible("resume", RESUME_SIZE),
+        # Stopped by SIGUSR1 (its StopSignal), which the trap turns into exit status 42.
+        "configured": images.busybox(base, cmd=("sh", "-c", "trap 'exit 42' USR1; pwd; while :; do sleep 1; done"),
+                                     config=(("StopSignal", "SIGUSR1"), ("WorkingDir", "/etc"),
+                                             ("User", "nobody"), ("Labels", {"team": "images"}),
+                                             ("ExposedPorts", {"8080/tcp": {}}))),
         **{f"evil-{name}": images.malicious(name) for name in images.MALICIOUS},
     })
 
@@ -67,6 +72,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, layout: Path) -> Iterator
         for tag, name in [("busybox", "test/busybox:1"), ("platforms", "test/platforms:1"),
                           ("platforms", "test/platforms-run:1"), ("multi-layer", "test/multi-layer:1"),
                           ("echo", "test/notpulled:1"), ("echo", "retry/app:1"), ("resume", "resume/big:1"),
+                          ("configured", "test/configured:1"),
                           *[(f"evil-{name}", f"evil/{name}:1") for name in images.MALICIOUS]]:
             server.push(layout, tag, name)
         yield server
@@ -200,6 +206,21 @@ def test_run_of_an_image_no_registry_has_is_125(hyper: Hyper, registry: Registry
     assert lines(run.stderr)[-1].startswith("hyper: ") and "test/nosuchimage" in lines(run.stderr)[-1]
 
 
+def test_run_honours_the_image_config(hyper: Hyper, registry: RegistryServer) -> None:
+    ref = f"{registry.address}/test/configured:1"
+    started = hyper("run", "-d", "--name", "configured", ref)
+    assert started.returncode == 0, started.stderr
+    fmt = "{{.Config.WorkingDir}} {{.Config.User}} {{.Config.StopSignal}} {{json .Config.Labels}} " \
+          "{{json .Config.ExposedPorts}}"
+    inspected = hyper("inspect", "--format", fmt, "configured")
+    assert inspected.stdout == '/etc nobody SIGUSR1 {"team":"images"} {"8080/tcp":{}}\n', inspected.stderr
+    wait_for(lambda: hyper("logs", "configured").stdout == "/etc\n", 30, "the container to print its directory")
+    assert hyper("stop", "configured").returncode == 0
+    waited = hyper("wait", "configured")
+    assert waited.stdout == "42\n", waited.stderr
+    assert hyper("rm", "configured").returncode == 0
+
+
 def test_debian_minbase_runs(hyper: Hyper, debian_ref: str) -> None:
     pulled = hyper("pull", debian_ref)
     assert pulled.returncode == 0, pulled.stderr
@@ -310,3 +331,43 @@ def test_registries_refuse_a_wrong_password(private: RegistryServer, layout: Pat
     for creds in [(USER, "wrong password"), None]:
         with pytest.raises(RegistryError, match=r"unauthorized|denied"):
             private.push(layout, "echo", "private/refused:1", creds=creds)
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk
+
+
+FULL_DISK_SIZE = 24 << 20
+"""Bytes of the tmpfs the daemon's root lives on in the full-disk test: room for a small pull, not a big one."""
+
+
+@pytest.fixture
+def small_root(tmp_path: Path) -> Iterator[Path]:
+    """A daemon root on a tmpfs of its own, so that a pull can fill it without touching the host's disk."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FULL_DISK_SIZE},mode=0700", "tmpfs", str(mountpoint)],
+                   check=True, timeout=CLI_TIMEOUT)
+    try:
+        yield mountpoint / "root"
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False, timeout=CLI_TIMEOUT)
+
+
+def test_a_full_disk_fails_the_pull_in_one_line_and_keeps_the_store_whole(
+        make_daemon: DaemonFactory, registry: RegistryServer, small_root: Path, tmp_path: Path) -> None:
+    base = tmp_path / "big"
+    registry.push(images.write_layout(base, {"big": images.incompressible("full-disk", 2 * FULL_DISK_SIZE)}),
+                  "big", "full/big:1")
+    daemon = make_daemon(root=small_root)
+    hyper = Hyper(daemon)
+    line = _one_line(hyper("pull", f"{registry.address}/full/big:1"))
+    assert "no space left on device" in line, line
+    assert hyper("images", "-q").stdout == ""
+    blobs = small_root / "images" / "blobs" / "sha256"
+    assert not [entry.name for entry in blobs.iterdir() if entry.name.startswith((".partial-", ".tmp-"))]
+    # The space is given back: a pull that fits works.
+    pulled = hyper("pull", f"{registry.address}/test/busybox:1")
+    assert pulled.returncode == 0, pulled.stderr
+    run = hyper("run", "--rm", f"{registry.address}/test/busybox:1")
+    assert (run.returncode, run.stdout) == (0, "single\n"), run.stderr
