@@ -11,6 +11,7 @@ Every error raised by this package derives from ``ImageError``:
     ├── ImageInUse                a removal refused: containers or other names use the image   (.image_id, .forceable)
     ├── InvalidReference          a reference that is not name[:tag][@digest] or an id   (.reference, .reason)
     ├── InvalidLayer              a layer tarball that is malformed or unsafe            (.entry, .reason)
+    ├── InvalidArchive            a save/load archive that is malformed or inconsistent
     ├── CorruptBlob               stored content that no longer matches its digest       (.digest, .reason)
     ├── RegistryError             a registry refused, failed or sent bad content   (.registry, .reference, .code)
     │   └── ManifestUnknown       the registry has no such repository, tag or digest
@@ -59,6 +60,10 @@ class InvalidLayer(ImageError):
         super().__init__(f"layer rejected: {where}{reason}")
         self.reason = reason
         self.entry = entry
+
+
+class InvalidArchive(ImageError):
+    """An archive given to ``load`` is malformed or contradicts itself; the message names the member."""
 
 
 class CorruptBlob(ImageError):

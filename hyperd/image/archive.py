@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Any, BinaryIO
 
-from hyperd.image import CorruptBlob, ImageError, InvalidLayer, InvalidReference
+from hyperd.image import CorruptBlob, ImageError, InvalidArchive, InvalidLayer, InvalidReference
 from hyperd.image.layers import MALFORMED, Compression, DigestReader, validate_layer
 from hyperd.image.reference import DOCKER_HUB, split_domain
 from hyperd.image.registry import GZIP_LAYERS, OCI_INDEX, TAR_LAYERS, Platform, _descriptor, select_platform
@@ -202,18 +202,18 @@ class _Members:
             while (member := self._tar.next()) is not None:
                 count += 1
                 if count > MAX_MEMBERS:
-                    raise ImageError(f"archive has more than {MAX_MEMBERS} members")
+                    raise InvalidArchive(f"archive has more than {MAX_MEMBERS} members")
                 if member.isreg() and member.offset_data + member.size > end:
-                    raise ImageError(f"archive is truncated: {_where(member.name)} ends past the end of the file")
+                    raise InvalidArchive(f"archive is truncated: {_where(member.name)} ends past the end of the file")
                 name = _plain(member.name)
                 if name is not None:
                     self._members[name] = member  # a later member of the same name wins, as when extracting
             # tarfile stops quietly at a header cut short; a whole archive ends with a zero block.
             file.seek(self._tar.offset)
             if file.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
-                raise ImageError("archive is truncated: it has no end-of-archive block")
+                raise InvalidArchive("archive is truncated: it has no end-of-archive block")
         except MALFORMED as err:
-            raise ImageError(f"archive is not a valid tar file: {err}") from err
+            raise InvalidArchive(f"archive is not a valid tar file: {err}") from err
 
     def __contains__(self, name: str) -> bool:
         return name in self._members
@@ -226,11 +226,11 @@ class _Members:
         """
         name = _plain(path)
         if name is None:
-            raise ImageError(f"{what} {json.dumps(path)} is not a plain relative path")
+            raise InvalidArchive(f"{what} {json.dumps(path)} is not a plain relative path")
         for _ in range(_MAX_LINKS):
             member = self._members.get(name)
             if member is None:
-                raise ImageError(f"{_where(name)} is missing (named by {what})")
+                raise InvalidArchive(f"{_where(name)} is missing (named by {what})")
             if member.isreg():
                 return name, member
             if not member.issym() and not member.islnk():
@@ -296,7 +296,7 @@ class _Loader:
             elif "index.json" in self.members and "oci-layout" in self.members:
                 self.oci()
             else:
-                raise ImageError("archive has no manifest.json or index.json: it is neither a Docker archive "
+                raise InvalidArchive("archive has no manifest.json or index.json: it is neither a Docker archive "
                                  "nor an OCI image layout")
             messages = []
             for image_id, image in self.images.items():
@@ -331,14 +331,14 @@ class _Loader:
         for number, entry in enumerate(entries):
             what = f"manifest.json image {number}"
             if not isinstance(entry, dict):
-                raise ImageError(f"{what} is not an object")
+                raise InvalidArchive(f"{what} is not an object")
             config_path, tags, paths = entry.get("Config"), entry.get("RepoTags") or [], entry.get("Layers")
             if not isinstance(config_path, str):
-                raise ImageError(f"{what} has no Config")
+                raise InvalidArchive(f"{what} has no Config")
             if not isinstance(paths, list) or not all(isinstance(path, str) for path in paths):
-                raise ImageError(f"{what} has no Layers list")
+                raise InvalidArchive(f"{what} has no Layers list")
             if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
-                raise ImageError(f"{what}: RepoTags is not a list of strings")
+                raise InvalidArchive(f"{what}: RepoTags is not a list of strings")
             config_name, config = self.members.read(config_path, f"{what} Config")
             diff_ids = _diff_ids(config_name, config, len(paths))
             layers = []
@@ -382,13 +382,13 @@ class _Loader:
     def oci_layer(self, descriptor: object, what: str, base: bool, diff_id: str) -> _Content:
         digest, size, media_type = _descriptor(descriptor, what)
         if media_type not in _COMPRESSIONS:
-            raise ImageError(f"{what} has the unsupported media type {media_type!r}")
+            raise InvalidArchive(f"{what} has the unsupported media type {media_type!r}")
         name, member = self.members.resolve(_member(digest), what)
         content = _checked(name, self.layer(name, member, base=base), diff_id)
         if content.compression is not _COMPRESSIONS[media_type]:
             raise _bad(name, f"its content is {content.compression.name.lower()}, not {media_type}")
         if content.member_size != size:
-            raise CorruptBlob(digest, f"{_where(name)} has {content.member_size} bytes, its descriptor {size}")
+            raise _bad(name, f"has {content.member_size} bytes, its descriptor {size}")
         # The manifest is stored as it is: its layers keep the media type it gives them.
         return replace(content, layer=replace(content.layer, media_type=media_type))
 
@@ -397,7 +397,7 @@ class _Loader:
         digest, size, _ = _descriptor(descriptor, what)
         name, data = self.members.read(_member(digest), what)
         if len(data) != size:
-            raise CorruptBlob(digest, f"{_where(name)} has {len(data)} bytes, its descriptor {size}")
+            raise _bad(name, f"has {len(data)} bytes, its descriptor {size}")
         return name, data
 
     def manifest(self, descriptor: object, what: str) -> tuple[str, bytes, dict[str, Any]]:
@@ -461,8 +461,8 @@ def _where(name: str) -> str:
     return f"archive member {json.dumps(name)}"
 
 
-def _bad(member: str, reason: str) -> ImageError:
-    return ImageError(f"{_where(member)}: {reason}")
+def _bad(member: str, reason: str) -> InvalidArchive:
+    return InvalidArchive(f"{_where(member)}: {reason}")
 
 
 def _json(name: str, data: bytes) -> Any:
@@ -476,7 +476,7 @@ def _check_name(name: str, digest: str) -> None:
     """A member under ``blobs/sha256/`` must hash to its name."""
     match = _BLOB.fullmatch(name)
     if match is not None and digest != f"sha256:{match.group(1)}":
-        raise CorruptBlob(f"sha256:{match.group(1)}", f"{_where(name)} hashes to {digest}")
+        raise _bad(name, f"hashes to {digest}")
 
 
 def _diff_ids(name: str, config: bytes, count: int) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from hyperd.image import CorruptBlob, ImageError, ImageNotFound, InvalidLayer
+from hyperd.image import ImageError, ImageNotFound, InvalidArchive, InvalidLayer
 from hyperd.image.archive import load, save
 from hyperd.image.store import CONFIG, LAYER_GZIP, MANIFEST, Image, ImageStore, Layer
 
@@ -438,7 +438,7 @@ def _second_image_bad(archive: bytes) -> bytes:
     (_truncated_in_header, ImageError, "archive is truncated: it has no end-of-archive block"),
     (_not_json, ImageError, 'archive member "manifest.json": not JSON'),
     (_missing_layer, ImageError, r'archive member "blobs/sha256/\w+" is missing \(named by manifest.json image 1'),
-    (_blob_not_its_name, CorruptBlob, r'archive member "blobs/sha256/\w+" hashes to sha256:'),
+    (_blob_not_its_name, InvalidArchive, r'archive member "blobs/sha256/\w+": hashes to sha256:'),
     (_diff_id_mismatch, ImageError, r'archive member "\w+/layer.tar": layer content hashes to sha256:\w+, '
                                     r"the image config expects"),
     (_escaping_layer_entry, InvalidLayer, r'entry "../evil" escapes the root \(in archive member "\w+/layer.tar"\)'),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import tarfile
 from collections.abc import AsyncIterator, Iterator
@@ -287,3 +288,58 @@ async def test_statuses_without_bodies(spec: dict[str, Any], client: Client) -> 
     for method, path, status in (("GET", "/_ping", 200), ("POST", "/containers/{id}/stop", 304),
                                  ("DELETE", "/containers/{id}", 204)):
         assert str(status) in spec["paths"][path][method.lower()]["responses"]
+
+
+async def test_image_bodies_match_their_schemas(spec: dict[str, Any], client: Client) -> None:
+    imported = await (await client.post("/images/import", params={"repo": "tiny", "tag": "1"}, data=rootfs())).json()
+    assert (await client.post("/images/tiny:1/tag", params={"repo": "tiny", "tag": "2"})).status == 201
+
+    for path, template in (("/images/tiny:1/json", "/images/{name}/json"),
+                           ("/images/tiny:1/history", "/images/{name}/history"),
+                           ("/images/json?filters=%7B%22dangling%22%3A%5B%22false%22%5D%7D", "/images/json")):
+        response = await client.get(path)
+        assert response.status == 200, (path, await response.text())
+        await check(spec, response, "GET", template)
+
+    saved = await client.get("/images/get", params=[("names", "tiny:1"), ("names", "tiny:2")])
+    assert saved.status == 200 and saved.content_type == "application/x-tar"
+    archive = await saved.read()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert {"manifest.json", "index.json", "oci-layout"} <= set(tar.getnames())
+
+    removed = await client.delete("/images/tiny:2")
+    assert await check(spec, removed, "DELETE", "/images/{name}") == [{"Untagged": "tiny:2"}]
+    removed = await client.delete(f"/images/{imported['Id']}")
+    assert await check(spec, removed, "DELETE", "/images/{name}") == [{"Untagged": "tiny:1"},
+                                                                      {"Deleted": imported["Id"]}]
+    loaded = await client.post("/images/load", data=archive)
+    assert loaded.status == 200
+    assert [json.loads(line) for line in (await loaded.text()).splitlines()] == [
+        {"stream": "Loaded image: tiny:1\n"}, {"stream": "Loaded image: tiny:2\n"}]
+
+    pruned = await client.post("/images/prune", params={"filters": '{"dangling": ["true"]}'})
+    assert await check(spec, pruned, "POST", "/images/prune") == {"ImagesDeleted": [], "SpaceReclaimed": 0}
+
+
+async def test_image_errors_match_the_error_schema(spec: dict[str, Any], client: Client) -> None:
+    await client.post("/images/import", params={"repo": "tiny"}, data=rootfs())
+    await client.post("/containers/create", params={"name": "user"}, json={"Image": "tiny", "Cmd": ["true"]})
+    cases: list[tuple[str, str, str, dict[str, str], int]] = [
+        ("GET", "/images/nosuch/json", "/images/{name}/json", {}, 404),
+        ("GET", "/images/nosuch/history", "/images/{name}/history", {}, 404),
+        ("DELETE", "/images/nosuch", "/images/{name}", {}, 404),
+        ("DELETE", "/images/tiny", "/images/{name}", {}, 409),
+        ("POST", "/images/tiny/tag", "/images/{name}/tag", {"repo": "Not/Lowercase"}, 400),
+        ("GET", "/images/get", "/images/get", {"names": "nosuch"}, 404),
+        ("GET", "/images/get", "/images/get", {}, 400),
+        ("POST", "/images/prune", "/images/prune", {"filters": '{"label": ["x"]}'}, 400),
+        ("POST", "/images/create", "/images/create", {"fromImage": "tiny", "platform": "nope"}, 400),
+        ("POST", "/auth", "/auth", {}, 400),
+    ]
+    for method, url, template, params, status in cases:
+        response = await client.request(method, url, params=params)
+        assert response.status == status, (method, url, params, await response.text())
+        await check(spec, response, method, template)
+    response = await client.post("/images/load", data=b"not a tar archive")
+    assert response.status == 400, await response.text()
+    await check(spec, response, "POST", "/images/load")
