@@ -158,6 +158,27 @@ class Blobs:
             raise
         return staged
 
+    def prune_partials(self) -> int:
+        """Remove the partial downloads no pull is writing (one is locked while written); the bytes freed."""
+        freed = 0
+        for entry in self.dir.iterdir():
+            if not entry.name.startswith(PARTIAL):
+                continue
+            try:
+                fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a pull is resuming it right now
+            else:
+                freed += os.fstat(fd).st_size
+                entry.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        return freed
+
     def commit(self, staged: Staged, expected: str | None = None) -> bool:
         """Move a staged blob into place; True if it was new, False if the store had it already."""
         staged.finish()

@@ -617,10 +617,11 @@ class ImageStore:
         """``docker image prune``: remove dangling images (every image with ``all``) no container uses.
 
         ``users`` are the ids of images containers use, running or not.  Returns Docker's
-        ``ImagesDeleted`` records and ``SpaceReclaimed``: the bytes of the blobs and disks unlinked.
+        ``ImagesDeleted`` records and ``SpaceReclaimed``: the bytes of the blobs and disks unlinked,
+        including partial downloads that no pull is resuming.
         """
         records: list[dict[str, str]] = []
-        reclaimed = 0
+        reclaimed = self.blobs.prune_partials()
         with self._lock:
             for image in self.list():
                 if image.id in users or not (all or image.dangling):

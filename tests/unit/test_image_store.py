@@ -473,6 +473,19 @@ def test_prune_removes_dangling_images_no_container_uses(store: ImageStore) -> N
     assert store.prune() == ([], 0)
 
 
+def test_prune_removes_partial_downloads_no_pull_is_writing(store: ImageStore) -> None:
+    abandoned = store.blobs.partial(f"sha256:{'d' * 64}", 100)
+    abandoned.write(b"x" * 40)
+    abandoned.release()  # a pull that failed: kept to resume
+    writing = store.blobs.partial(f"sha256:{'e' * 64}", 100)
+    writing.write(b"y" * 30)
+    try:
+        assert store.prune() == ([], 40)
+        assert [path.name for path in store.blobs.dir.iterdir()] == [f".partial-{'e' * 64}"]
+    finally:
+        writing.discard()
+
+
 def test_repo_digests_name_pulled_images(store: ImageStore) -> None:
     index = f"sha256:{'c' * 64}"
     image = pulled(store, [layer(store, {"a": b"1"})], "registry.example/team/app:1.0",
