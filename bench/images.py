@@ -118,30 +118,33 @@ class Bench:
             registry.push(layout, tag, f"bench/{tag}:1")
         self.big, self.small = f"{registry.address}/bench/big:1", f"{registry.address}/bench/small:1"
         self.daemon.start()
-        series = {
-            "skopeo": repeat("skopeo copy docker:// -> oci: (big)", runs, self.skopeo_copy, warmup=1),
-            "pull": repeat("hyper pull (big, empty store)", runs, self.pull, warmup=1),
-            "repull": repeat("hyper pull (big, already present)", runs, self.repull, warmup=1),
-        }
+        series = self.interleaved("skopeo copy docker:// -> oci: / hyper pull into an empty store (big)",
+                                  ("skopeo", self.skopeo_copy), ("pull", self.pull))
+        series["repull"] = repeat("hyper pull (big, already present)", runs, self.repull, warmup=1)
         self._remove(self.big)
         series["first_small"] = repeat("first hyper run --rm after its pull (small)", runs,
                                        self.first_run(self.small))
         series["first_big"] = repeat("first hyper run --rm after its pull (big)", runs, self.first_run(self.big))
         self._pull(self.big)
-        # Interleaved, so that drift on the host hits both alike.
-        busybox: list[dict[str, float]] = []
-        big: list[dict[str, float]] = []
-        run_busybox, run_big = self.run("busybox"), self.run(self.big)
-        run_busybox(), run_big()  # warm-up: the disks exist, the page cache is warm
-        print("[bench] hyper run --rm true, busybox / big, interleaved: ", end="", file=sys.stderr, flush=True)
-        for _ in range(runs):
-            busybox.append(dict(run_busybox()))
-            big.append(dict(run_big()))
-            print(f"{busybox[-1]['wall']:.2f}/{big[-1]['wall']:.2f} ", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
-        series["run_busybox"] = Series("hyper run --rm busybox true", busybox, 1)
-        series["run_big"] = Series("hyper run --rm big true (disk cached)", big, 1)
+        series |= self.interleaved("hyper run --rm true, busybox / big (disk cached)",
+                                   ("run_busybox", self.run("busybox")), ("run_big", self.run(self.big)))
         return series
+
+    def interleaved(self, title: str, *measures: tuple[str, Callable[[], Sample]]) -> dict[str, Series]:
+        """Each measure once per round, alternating, after one unrecorded round: drift on the host
+        (page cache, other load) then hits every one alike."""
+        samples: dict[str, list[dict[str, float]]] = {name: [] for name, _ in measures}
+        print(f"[bench] {title}: ", end="", file=sys.stderr, flush=True)
+        for round_ in range(self.args.runs + 1):
+            walls = []
+            for name, once in measures:
+                sample = dict(once())
+                walls.append(f"{sample['wall']:.2f}")
+                if round_:
+                    samples[name].append(sample)
+            print("/".join(walls) + ("" if round_ else "(w)"), end=" ", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        return {name: Series(f"{title}: {name}", samples[name], 1) for name, _ in measures}
 
     def cleanup(self) -> None:
         for step in (self.daemon.stop, self.scratch.remove):

@@ -45,7 +45,7 @@ class Staged:
         self._hash = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self._file.write(data)
         self._hash.update(data)
         self.size += len(data)

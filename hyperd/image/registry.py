@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -362,12 +362,16 @@ class _Pipe(io.RawIOBase):
     """Bytes from the event loop to a worker thread, at most ``capacity`` of them waiting.
 
     A resumed download's first ``prefix_size`` bytes are read from its partial file instead.
-    ``end`` is both the writer's end of data and the reader's giving up: the reader then sees
-    the end of the stream once the pipe is empty, and later writes are dropped.
+    Every other byte the reader takes is first given to ``sink`` (the staged blob), in the
+    reader's thread.  ``end`` is both the writer's end of data and the reader's giving up:
+    the reader then sees the end of the stream once the pipe is empty, and later writes are
+    dropped.
     """
 
-    def __init__(self, prefix: Path, prefix_size: int, capacity: int = PIPE_CAPACITY) -> None:
+    def __init__(self, prefix: Path, prefix_size: int, sink: Callable[[memoryview], object],
+                 capacity: int = PIPE_CAPACITY) -> None:
         super().__init__()
+        self._sink = sink
         self._prefix = prefix
         self._prefix_left = prefix_size
         self._prefix_file: BinaryIO | None = None
@@ -401,8 +405,15 @@ class _Pipe(io.RawIOBase):
                 self._chunks.appendleft(chunk[size:])
             self._buffered -= size
             self._changed.notify_all()
+        self._sink(chunk[:size])
         view[:size] = chunk[:size]
         return size
+
+    def drain(self) -> None:
+        """Take (and so write) everything up to the end of the stream."""
+        scratch = bytearray(CHUNK)
+        while self.readinto(scratch):
+            pass
 
     def offer(self, data: bytes) -> bool:
         """Hand ``data`` over unless the pipe is full; False if it is."""
@@ -437,16 +448,19 @@ class _Pipe(io.RawIOBase):
 
 
 class _Content:
-    """A layer blob's content, decompressed, hashed and validated by a worker thread as it arrives.
+    """A layer blob written, hashed, decompressed and validated by one worker thread as it arrives.
 
-    The download is thereby the only pass over the layer; the pipe between them is bounded, so
-    a slow check slows the download rather than filling memory.  Problems are reported by
-    ``finish``, which the caller awaits only once the blob matched its digest: a corrupt
-    download should say so, not that its (corrupt) tar is malformed.
+    The event loop only receives: one thread per layer does the rest of the work on its
+    bytes, in one pass, and the pipe between them is bounded, so a slow disk or check slows
+    the download rather than filling memory.  When the check fails, the thread still writes
+    (and hashes) the rest, so that the caller can compare the blob with its digest first: a
+    corrupt download should say so, not that its (corrupt) tar is malformed.  A failed write
+    (``error``) stops everything.
     """
 
-    def __init__(self, compression: Compression, base: bool, partial: Path, prefix_size: int) -> None:
-        self._pipe = _Pipe(partial, prefix_size)
+    def __init__(self, compression: Compression, base: bool, staged: Staged, prefix_size: int) -> None:
+        self.error: OSError | None = None
+        self._pipe = _Pipe(staged.path, prefix_size, staged.write)
         self._loop = asyncio.get_running_loop()
         self._result: asyncio.Future[tuple[str, int]] = self._loop.create_future()
         # When the check is dropped (a restart, a failed pull) nobody awaits it: mark its error seen.
@@ -456,10 +470,18 @@ class _Content:
         threading.Thread(target=self._check, args=(compression, base), name="layer-check", daemon=True).start()
 
     def _check(self, compression: Compression, base: bool) -> None:
+        outcome: tuple[str, int] | BaseException
         try:
-            outcome: tuple[str, int] | BaseException = _inspect(io.BufferedReader(self._pipe, CHUNK), compression, base)
+            outcome = _inspect(io.BufferedReader(self._pipe, CHUNK), compression, base)
+            self._pipe.drain()  # what follows the compressed stream is part of the blob too
+        except OSError as err:  # the blob's file could not be written: nothing more will be
+            outcome = self.error = err
         except BaseException as err:  # handed to the awaiting task, which re-raises it
             outcome = err
+            try:
+                self._pipe.drain()
+            except OSError as disk:
+                outcome = self.error = disk
         finally:
             # A reader that stopped early must not leave the download waiting for room.
             self._pipe.end()
@@ -476,16 +498,21 @@ class _Content:
             self._result.set_result(outcome)
 
     async def feed(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
         if not self._pipe.offer(data):
             await asyncio.to_thread(self._pipe.put, data)
 
     async def finish(self) -> tuple[str, int]:
-        """(diff_id, size of the uncompressed tar) once the whole blob was fed."""
+        """(diff_id, size of the uncompressed tar) once the whole blob was fed, written and checked."""
         self._pipe.end()
         return await self._result
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """End the stream and wait until the thread has stopped writing."""
         self._pipe.end()
+        with contextlib.suppress(Exception):
+            await self._result
 
 
 class _Progress:
@@ -518,37 +545,53 @@ class _Download:
         self.staged = staged
         self.digest, self.size, media_type = descriptor
         self.id = self.digest[7:19]
+        self.received = staged.size      # bytes fed to the checker, which writes them
         self.resumed = staged.size > 0   # holds bytes from an earlier pull
+        self.checked: tuple[str, int] | None = None   # (diff_id, uncompressed size) once settled
+        self.refused: Exception | None = None         # why the content was refused, once settled
         self._compression = LAYER_COMPRESSION[media_type]
         self._base = base
         self._progress = progress
-        self.content = _Content(self._compression, base, staged.path, staged.size)
+        self.content = _Content(self._compression, base, staged, staged.size)
 
     async def write(self, data: bytes) -> None:
         try:
-            # Off the event loop: a write can block on the page cache's writeback for milliseconds,
-            # which would stall every other download's socket meanwhile.
-            await asyncio.to_thread(self.staged.write, data)
+            await self.content.feed(data)
         except OSError as err:
-            # What was written is in doubt: nothing of it may be resumed.
-            self.staged.discard()
-            raise _disk_error(err, self.digest) from err
-        await self.content.feed(data)
-        self._progress.downloading(self.id, self.staged.size, self.size)
+            await self._disk_failed(err)
+        self.received += len(data)
+        self._progress.downloading(self.id, self.received, self.size)
 
-    def restart(self) -> None:
+    async def settle(self) -> None:
+        """Wait until every byte received is written and checked; ``staged.digest`` is then the blob's."""
+        try:
+            self.checked = await self.content.finish()
+        except OSError as err:
+            await self._disk_failed(err)
+        except Exception as err:  # the checker's verdict: reported once the digest is known to match
+            self.refused = err
+
+    async def _disk_failed(self, err: OSError) -> NoReturn:
+        # What was written is in doubt: nothing of it may be resumed.
+        await self.content.stop()
+        self.staged.discard()
+        raise _disk_error(err, self.digest) from err
+
+    async def restart(self) -> None:
         """Drop what was downloaded: the blob comes again from its first byte."""
-        self.content.stop()
+        await self.content.stop()
         try:
             self.staged.restart()
         except OSError as err:
             self.staged.discard()
             raise _disk_error(err, self.digest) from err
+        self.received = 0
         self.resumed = False
-        self.content = _Content(self._compression, self._base, self.staged.path, 0)
+        self.checked = self.refused = None
+        self.content = _Content(self._compression, self._base, self.staged, 0)
 
-    def close(self) -> None:
-        self.content.stop()
+    async def close(self) -> None:
+        await self.content.stop()
         self.staged.release()
 
 
@@ -835,16 +878,17 @@ class Registry:
         digest, staged = download.digest, download.staged
 
         async def attempt(endpoint: Endpoint) -> None:
-            if staged.size < download.size:
-                headers = {"Range": f"bytes={staged.size}-"} if staged.size else {}
+            if download.received < download.size:
+                headers = {"Range": f"bytes={download.received}-"} if download.received else {}
                 response = await self._open(endpoint, f"{repository}/blobs/{digest}", _scope(repository), headers)
                 try:
                     await self._receive(response, repository, download)
                 finally:
                     response.release()
+            await download.settle()
             if staged.digest != digest:
                 found, resumed = staged.digest, download.resumed
-                download.restart()
+                await download.restart()
                 if resumed:
                     # The bytes kept from an earlier pull were damaged (a crash before they reached the disk).
                     raise _Failure(f"registry {self.host}: the partial download of blob {digest} was damaged",
@@ -855,29 +899,33 @@ class Registry:
         await self._call(attempt)
 
     async def _receive(self, response: aiohttp.ClientResponse, repository: str, download: _Download) -> None:
-        digest, size, staged = download.digest, download.size, download.staged
+        digest, size = download.digest, download.size
         if response.status == 206:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
-            if match is None or int(match[1]) != staged.size:
-                download.restart()
+            if match is None or int(match[1]) != download.received:
+                await download.restart()
                 raise _Failure(f"registry {self.host} answered a range request for blob {digest} with "
                                f"the wrong range", registry=self.host)
-        elif response.status == 200:
-            if staged.size:
-                download.restart()  # the registry ignores ranges: take it all again
-        else:
+        elif response.status != 200:
             raise await self._fail(response, f"{repository}@{digest}")
+        # A 200 to a range request: the registry ignores ranges, the blob comes whole again.  The
+        # restart waits for the checker, so it follows the first read: aiohttp drops what it has
+        # buffered once the connection fails, and a short body must still leave its bytes behind.
+        restart = response.status == 200 and download.received > 0
         try:
             async for chunk in response.content.iter_chunked(CHUNK):
-                if staged.size + len(chunk) > size:
+                if restart:
+                    await download.restart()
+                    restart = False
+                if download.received + len(chunk) > size:
                     raise RegistryError(f"registry {self.host} sent more than the {size} bytes of blob {digest}",
                                         registry=self.host)
                 await download.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as err:
-            raise _Failure(f"registry {self.host}: blob {digest} cut short at {staged.size} of {size} bytes: "
+            raise _Failure(f"registry {self.host}: blob {digest} cut short at {download.received} of {size} bytes: "
                            f"{type(err).__name__}: {err}".rstrip(": "), registry=self.host) from err
-        if staged.size != size:
-            raise _Failure(f"registry {self.host} sent {staged.size} of the {size} bytes of blob {digest}",
+        if download.received != size:
+            raise _Failure(f"registry {self.host} sent {download.received} of the {size} bytes of blob {digest}",
                            registry=self.host)
 
 
@@ -1021,18 +1069,18 @@ async def _layer(store: ImageStore, registry: Registry, repository: str, descrip
             await registry.blob(repository, download)
             report("Verifying Checksum", short)
             report("Download complete", short)
-            try:
-                diff_id, content_size = await download.content.finish()
-            except InvalidLayer:
+            if download.refused is not None:
                 staged.discard()  # the registry's true content, but never to be used
-                raise
+                raise download.refused
+            assert download.checked is not None
+            diff_id, content_size = download.checked
             try:
                 await _to_thread(store.blobs.commit, staged, digest)
             except OSError as err:
                 staged.discard()
                 raise _disk_error(err, digest) from err
         finally:
-            download.close()
+            await download.close()
     report("Pull complete", short)
     return Layer(diff_id, digest, media_type, size, content_size)
 

@@ -706,4 +706,5 @@ async def test_an_unsafe_layer_is_refused_naming_the_entry(fake: FakeRegistry, s
     assert str(caught.value) == 'layer rejected: entry "../evil" escapes the root'
     assert store.list() == []
     evil_digest = fake.layer_digests(top)[1]
-    assert evil_digest not in store.blobs and _partials(store) == {}
+    # The safe layer, cut off by the failure, may stay behind to be resumed; nothing of the evil one does.
+    assert evil_digest not in store.blobs and f".partial-{evil_digest[7:]}" not in _partials(store)
