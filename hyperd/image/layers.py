@@ -153,7 +153,7 @@ class Compression(enum.Enum):
     def open(self, stream: BinaryIO) -> Readable:
         """The uncompressed content of ``stream``."""
         if self is Compression.GZIP:
-            return gzip.GzipFile(fileobj=stream, mode="rb")
+            return _Gzip(stream)
         if self is Compression.BZIP2:
             return bz2.BZ2File(stream)
         if self is Compression.XZ:
@@ -161,6 +161,47 @@ class Compression(enum.Enum):
         if self is Compression.ZSTD:
             return io.BufferedReader(_Zstd(stream), _COPY_CHUNK)
         return stream
+
+
+class _Gzip(io.RawIOBase):
+    """gzip decompression of one or more members, refusing a truncated one.
+
+    ``gzip.GzipFile`` reads its input 8 KiB at a time, with a Python call per piece for the
+    CRC; this drives zlib (which checks the CRC itself) over 1 MiB reads, which is most of
+    what a pull's checker thread spends on a gzip layer.  Output per call is bounded, so a
+    gzip bomb costs memory in chunks, never at once.
+    """
+
+    def __init__(self, source: Readable) -> None:
+        super().__init__()
+        self._source = source
+        self._member = zlib.decompressobj(wbits=31)
+        self._started = False                 # the current member has had input
+        self._pending = b""                   # compressed bytes not yet given to zlib
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if not view:
+            return 0  # zlib reads a max_length of 0 as no limit at all
+        while True:
+            if not self._pending:
+                self._pending = self._source.read(_COPY_CHUNK)
+                if not self._pending:
+                    if self._started and not self._member.eof:
+                        raise EOFError("gzip stream ends inside a member")
+                    return 0
+            if self._member.eof:
+                # The next member: concatenated gzip is valid, and some tools write it.
+                self._member, self._started = zlib.decompressobj(wbits=31), False
+            self._started = True
+            plain = self._member.decompress(self._pending, len(view))
+            self._pending = self._member.unconsumed_tail or self._member.unused_data
+            if plain:
+                view[: len(plain)] = plain
+                return len(plain)
 
 
 class _Zstd(io.RawIOBase):

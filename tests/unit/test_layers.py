@@ -383,3 +383,27 @@ def test_truncated_zstd_is_refused(cut: int, target: Path) -> None:
         decompress(io.BytesIO(compressed[:-cut])).read()
     with pytest.raises(InvalidLayer, match="layer rejected: "):
         apply_layer(io.BufferedReader(DigestReader(decompress(io.BytesIO(compressed[:-cut])))), target)
+
+
+def test_gzip_layer_of_several_members_is_applied(target: Path) -> None:
+    plain = layer(member("a", data=b"one"), member("b", data=os.urandom(300_000))).getvalue()
+    # As pigz and other parallel compressors write it: independent members, one after the other.
+    compressed = b"".join(gzip.compress(plain[start:start + 100_000]) for start in range(0, len(plain), 100_000))
+    content = DigestReader(decompress(io.BytesIO(compressed)))
+    apply_layer(io.BufferedReader(content), target)
+    content.drain()
+    assert content.size == len(plain)
+    assert (target / "b").stat().st_size == 300_000
+
+
+def test_gzip_output_comes_in_bounded_pieces() -> None:
+    bomb = gzip.compress(bytes(50 << 20))  # 50 MiB of zeros in about 50 kB
+    stream = decompress(io.BytesIO(bomb))
+    assert len(stream.read(1 << 16)) == 1 << 16
+
+
+@pytest.mark.parametrize("cut", [1, 8, 4096])
+def test_truncated_gzip_is_refused(cut: int) -> None:
+    compressed = gzip.compress(layer(member("a", data=os.urandom(20_000))).getvalue())
+    with pytest.raises(MALFORMED):
+        decompress(io.BytesIO(compressed[:-cut])).read()
