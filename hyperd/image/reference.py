@@ -15,8 +15,10 @@ def split_domain(name: str) -> tuple[str, str]:
     """``(registry host[:port], repository path)`` of a repository name: ``busybox`` is ``library/busybox`` on Hub."""
     first, slash, rest = name.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
-        return (DOCKER_HUB, rest) if first in HUB_ALIASES else (first, rest)
-    return DOCKER_HUB, name if slash else f"library/{name}"
+        if first not in HUB_ALIASES:
+            return first, rest
+        name = rest  # docker.io/busybox is busybox
+    return DOCKER_HUB, name if "/" in name else f"library/{name}"
 
 
 def registry_of(reference: str) -> str:

@@ -10,7 +10,7 @@ expire).  ``login`` checks credentials through the same path.
 
 Nothing a registry sends is trusted: manifests are size-bounded and, like every blob, checked
 against their digest before use; layers are decompressed, hashed against the config's
-diff_ids and refused if unsafe (``layers.validate_layer``) while they download.  Plain HTTP is
+diff_ids and refused if unsafe (``layers.validate_layer``) while they download (``download.py``).  Plain HTTP is
 used only for loopback registries and those the daemon was told are insecure.
 
 Layers download concurrently into ``.partial-<hex>`` files that a failed pull leaves behind and
@@ -24,32 +24,28 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import io
 import ipaddress
 import json
 import logging
-import math
 import os
 import re
-import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from yarl import URL
 
-from hyperd.image import ImageError, InvalidLayer, ManifestUnknown, RegistryError
-from hyperd.image.blobs import Staged
-from hyperd.image.layers import MALFORMED, Compression, DigestReader, validate_layer
+from hyperd.image import ImageError, ManifestUnknown, RegistryError
+from hyperd.image.download import CHUNK, Download, Progress, disk_error, inspect_blob
+from hyperd.image.layers import Compression
+from hyperd.image.reference import HUB_ALIASES, server_host, split_domain
 from hyperd.image.store import Image, ImageStore, Layer, Reference, parse_reference
 
 if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
+    pass
 
 log = logging.getLogger("hyperd")
 T = TypeVar("T")
@@ -72,9 +68,6 @@ MAX_MANIFEST = 4 << 20
 MAX_CONFIG = 8 << 20
 MAX_TOKEN = 1 << 20
 MAX_ERROR_BODY = 64 << 10
-CHUNK = 1 << 20
-PIPE_CAPACITY = 4 << 20
-"""Bytes of a layer downloaded but not yet checked, per download."""
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
 
 ATTEMPTS = 4
@@ -83,12 +76,8 @@ RETRY_DELAY = 0.2
 TRANSIENT = frozenset({429, 500, 502, 503, 504})
 TOKEN_LIFETIME = 60
 """Seconds a token lives when the token server does not say (the token spec's default)."""
-PROGRESS_INTERVAL = 0.1
-"""Seconds between two "Downloading" messages of a layer (Docker's rate)."""
 
-DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
-_HUB_ALIASES = frozenset({DOCKER_HUB, "index.docker.io", DOCKER_HUB_API})
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _PARAM = re.compile(r'\s*([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*(?:,|$)')
@@ -168,7 +157,7 @@ def endpoints(host: str, options: RegistryOptions, *, mirrors: bool = True) -> t
     any other over verified HTTPS only, never downgraded.
     """
     found: list[Endpoint] = []
-    if host in _HUB_ALIASES:
+    if host in HUB_ALIASES:
         if mirrors:
             found += [Endpoint(f"{mirror.rstrip('/')}/v2/", mirror=True,
                                verify=not is_insecure(URL(mirror).host_port_subcomponent or "", options.insecure))
@@ -220,10 +209,7 @@ def select_platform(index: dict[str, Any], platform: Platform) -> dict[str, Any]
 
 def locate(reference: Reference) -> tuple[str, str]:
     """(registry host[:port], repository path) as Docker splits them: ``busybox`` is ``library/busybox`` on Hub."""
-    first, slash, rest = reference.repository.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
-        return first, rest
-    return DOCKER_HUB, reference.repository if slash else f"library/{reference.repository}"
+    return split_domain(reference.repository)
 
 
 def _address(host: str) -> str:
@@ -262,12 +248,6 @@ def is_insecure(host: str, insecure: Sequence[str]) -> bool:
                 if address in ipaddress.ip_network(entry, strict=False):
                     return True
     return False
-
-
-def _login_host(server: str) -> str:
-    """``docker login``'s server argument as a registry host: a URL loses its scheme and path."""
-    host = server.split("://", 1)[-1].split("/", 1)[0]
-    return DOCKER_HUB if host in _HUB_ALIASES else host
 
 
 def _digest(data: bytes) -> str:
@@ -328,271 +308,6 @@ async def _to_thread(function: Callable[..., T], *args: Any) -> T:
     except asyncio.CancelledError:
         await asyncio.wait([future])
         raise
-
-
-def _disk_error(err: OSError, digest: str) -> ImageError:
-    reason = os.strerror(err.errno) if err.errno else str(err)
-    return ImageError(f"{reason[:1].lower()}{reason[1:]} while pulling blob {digest}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Layer content, checked while it downloads
-
-
-def _inspect(source: BinaryIO, compression: Compression, base: bool) -> tuple[str, int]:
-    """(diff_id, size) of a layer's uncompressed tar; InvalidLayer if it is malformed or unsafe.
-
-    ``base``: the layer is the image's bottom one (see ``validate_layer``).
-    """
-    try:
-        plain = DigestReader(compression.open(source))
-        validate_layer(io.BufferedReader(plain, CHUNK), base=base)
-        plain.drain()  # the diff_id covers what follows the end-of-archive marker too
-    except MALFORMED as err:
-        raise InvalidLayer(f"not a valid tar archive: {err}") from err
-    return plain.digest, plain.size
-
-
-def _inspect_blob(path: Path, compression: Compression, base: bool) -> tuple[str, int]:
-    with path.open("rb") as blob:
-        return _inspect(blob, compression, base)
-
-
-class _Pipe(io.RawIOBase):
-    """Bytes from the event loop to a worker thread, at most ``capacity`` of them waiting.
-
-    A resumed download's first ``prefix_size`` bytes are read from its partial file instead.
-    Every other byte the reader takes is first given to ``sink`` (the staged blob), in the
-    reader's thread.  ``end`` is both the writer's end of data and the reader's giving up:
-    the reader then sees the end of the stream once the pipe is empty, and later writes are
-    dropped.
-    """
-
-    def __init__(self, prefix: Path, prefix_size: int, sink: Callable[[memoryview], object],
-                 capacity: int = PIPE_CAPACITY) -> None:
-        super().__init__()
-        self._sink = sink
-        self._prefix = prefix
-        self._prefix_left = prefix_size
-        self._prefix_file: BinaryIO | None = None
-        self._chunks: deque[memoryview] = deque()
-        self._buffered = 0
-        self._capacity = capacity
-        self._ended = False
-        self._changed = threading.Condition()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._prefix_left:
-            if self._prefix_file is None:
-                self._prefix_file = self._prefix.open("rb")
-            data = self._prefix_file.read(min(len(view), self._prefix_left))
-            # A partial cut shorter under us (a restart) ends the stream: this check is being dropped.
-            self._prefix_left = self._prefix_left - len(data) if data else 0
-            view[: len(data)] = data
-            return len(data)
-        with self._changed:
-            while not self._chunks and not self._ended:
-                self._changed.wait()
-            if not self._chunks:
-                return 0
-            chunk = self._chunks.popleft()
-            size = min(len(view), len(chunk))
-            if size < len(chunk):
-                self._chunks.appendleft(chunk[size:])
-            self._buffered -= size
-            self._changed.notify_all()
-        self._sink(chunk[:size])
-        view[:size] = chunk[:size]
-        return size
-
-    def drain(self) -> None:
-        """Take (and so write) everything up to the end of the stream."""
-        scratch = bytearray(CHUNK)
-        while self.readinto(scratch):
-            pass
-
-    def offer(self, data: bytes) -> bool:
-        """Hand ``data`` over unless the pipe is full; False if it is."""
-        with self._changed:
-            if self._buffered >= self._capacity and not self._ended:
-                return False
-            self._append(data)
-            return True
-
-    def put(self, data: bytes) -> None:
-        """Hand ``data`` over, waiting for room (in a thread: this blocks)."""
-        with self._changed:
-            while self._buffered >= self._capacity and not self._ended:
-                self._changed.wait()
-            self._append(data)
-
-    def _append(self, data: bytes) -> None:
-        if not self._ended:
-            self._chunks.append(memoryview(data))
-            self._buffered += len(data)
-            self._changed.notify_all()
-
-    def end(self) -> None:
-        with self._changed:
-            self._ended = True
-            self._changed.notify_all()
-
-    def close(self) -> None:
-        if self._prefix_file is not None:
-            self._prefix_file.close()
-        super().close()
-
-
-class _Content:
-    """A layer blob written, hashed, decompressed and validated by one worker thread as it arrives.
-
-    The event loop only receives: one thread per layer does the rest of the work on its
-    bytes, in one pass, and the pipe between them is bounded, so a slow disk or check slows
-    the download rather than filling memory.  When the check fails, the thread still writes
-    (and hashes) the rest, so that the caller can compare the blob with its digest first: a
-    corrupt download should say so, not that its (corrupt) tar is malformed.  A failed write
-    (``error``) stops everything.
-    """
-
-    def __init__(self, compression: Compression, base: bool, staged: Staged, prefix_size: int) -> None:
-        self.error: OSError | None = None
-        self._pipe = _Pipe(staged.path, prefix_size, staged.write)
-        self._loop = asyncio.get_running_loop()
-        self._result: asyncio.Future[tuple[str, int]] = self._loop.create_future()
-        # When the check is dropped (a restart, a failed pull) nobody awaits it: mark its error seen.
-        self._result.add_done_callback(lambda done: done.cancelled() or done.exception())
-        # A thread of its own, not the default executor's: ``feed`` may take one of those to wait
-        # for room in the pipe, which only this thread can make.  Never joined: ``stop`` ends it.
-        threading.Thread(target=self._check, args=(compression, base), name="layer-check", daemon=True).start()
-
-    def _check(self, compression: Compression, base: bool) -> None:
-        outcome: tuple[str, int] | BaseException
-        try:
-            outcome = _inspect(io.BufferedReader(self._pipe, CHUNK), compression, base)
-            self._pipe.drain()  # what follows the compressed stream is part of the blob too
-        except OSError as err:  # the blob's file could not be written: nothing more will be
-            outcome = self.error = err
-        except BaseException as err:  # handed to the awaiting task, which re-raises it
-            outcome = err
-            try:
-                self._pipe.drain()
-            except OSError as disk:
-                outcome = self.error = disk
-        finally:
-            # A reader that stopped early must not leave the download waiting for room.
-            self._pipe.end()
-            self._pipe.close()
-        with contextlib.suppress(RuntimeError):  # the loop is gone: so is anyone who cared
-            self._loop.call_soon_threadsafe(self._settle, outcome)
-
-    def _settle(self, outcome: tuple[str, int] | BaseException) -> None:
-        if self._result.done():
-            return
-        if isinstance(outcome, BaseException):
-            self._result.set_exception(outcome)
-        else:
-            self._result.set_result(outcome)
-
-    async def feed(self, data: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        if not self._pipe.offer(data):
-            await asyncio.to_thread(self._pipe.put, data)
-
-    async def finish(self) -> tuple[str, int]:
-        """(diff_id, size of the uncompressed tar) once the whole blob was fed, written and checked."""
-        self._pipe.end()
-        return await self._result
-
-    async def stop(self) -> None:
-        """End the stream and wait until the thread has stopped writing."""
-        self._pipe.end()
-        with contextlib.suppress(Exception):
-            await self._result
-
-
-class _Progress:
-    """Docker's JSON progress messages, given to a callback that must never disturb the pull."""
-
-    def __init__(self, callback: Callable[[dict[str, Any]], None] | None) -> None:
-        self._callback = callback
-        self._last: dict[str, float] = {}
-
-    def __call__(self, status: str, id: str = "", **extra: Any) -> None:
-        if self._callback is None:
-            return
-        message: dict[str, Any] = {"status": status, **({"id": id} if id else {}), **extra}
-        # A broken consumer (a client that went away) is its own problem, not the pull's.
-        with contextlib.suppress(Exception):
-            self._callback(message)
-
-    def downloading(self, id: str, current: int, total: int) -> None:
-        now = time.monotonic()
-        if current < total and now - self._last.get(id, -math.inf) < PROGRESS_INTERVAL:
-            return
-        self._last[id] = now
-        self("Downloading", id, progressDetail={"current": current, "total": total})
-
-
-class _Download:
-    """A layer blob on its way into the store: its partial file and the check of its content."""
-
-    def __init__(self, staged: Staged, descriptor: tuple[str, int, str], base: bool, progress: _Progress) -> None:
-        self.staged = staged
-        self.digest, self.size, media_type = descriptor
-        self.id = self.digest[7:19]
-        self.received = staged.size      # bytes fed to the checker, which writes them
-        self.resumed = staged.size > 0   # holds bytes from an earlier pull
-        self.checked: tuple[str, int] | None = None   # (diff_id, uncompressed size) once settled
-        self.refused: Exception | None = None         # why the content was refused, once settled
-        self._compression = LAYER_COMPRESSION[media_type]
-        self._base = base
-        self._progress = progress
-        self.content = _Content(self._compression, base, staged, staged.size)
-
-    async def write(self, data: bytes) -> None:
-        try:
-            await self.content.feed(data)
-        except OSError as err:
-            await self._disk_failed(err)
-        self.received += len(data)
-        self._progress.downloading(self.id, self.received, self.size)
-
-    async def settle(self) -> None:
-        """Wait until every byte received is written and checked; ``staged.digest`` is then the blob's."""
-        try:
-            self.checked = await self.content.finish()
-        except OSError as err:
-            await self._disk_failed(err)
-        except Exception as err:  # the checker's verdict: reported once the digest is known to match
-            self.refused = err
-
-    async def _disk_failed(self, err: OSError) -> NoReturn:
-        # What was written is in doubt: nothing of it may be resumed.
-        await self.content.stop()
-        self.staged.discard()
-        raise _disk_error(err, self.digest) from err
-
-    async def restart(self) -> None:
-        """Drop what was downloaded: the blob comes again from its first byte."""
-        await self.content.stop()
-        try:
-            self.staged.restart()
-        except OSError as err:
-            self.staged.discard()
-            raise _disk_error(err, self.digest) from err
-        self.received = 0
-        self.resumed = False
-        self.checked = self.refused = None
-        self.content = _Content(self._compression, self._base, self.staged, 0)
-
-    async def close(self) -> None:
-        await self.content.stop()
-        self.staged.release()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -873,7 +588,7 @@ class Registry:
             return data
         return await self._call(attempt)
 
-    async def blob(self, repository: str, download: _Download) -> None:
+    async def blob(self, repository: str, download: Download) -> None:
         """Stream a blob into ``download`` (never whole in memory), resuming where it stopped; checks its digest."""
         digest, staged = download.digest, download.staged
 
@@ -898,7 +613,7 @@ class Registry:
 
         await self._call(attempt)
 
-    async def _receive(self, response: aiohttp.ClientResponse, repository: str, download: _Download) -> None:
+    async def _receive(self, response: aiohttp.ClientResponse, repository: str, download: Download) -> None:
         digest, size = download.digest, download.size
         if response.status == 206:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
@@ -940,7 +655,7 @@ async def login(host: str, credentials: Credentials, options: RegistryOptions = 
     ``host`` may be a URL (``https://index.docker.io/v1/``, as docker clients send for the Hub).
     A registry that lets anyone in accepts any credentials, as with docker.
     """
-    registry_host = _login_host(host)
+    registry_host = server_host(host)
     if session is None:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as own:
             await Registry(own, registry_host, credentials, options, mirrors=False).check()
@@ -969,7 +684,7 @@ async def pull(store: ImageStore, reference: str, platform: Platform | None = No
     """
     ref = parse_reference(reference)
     host, repository = locate(ref)
-    report = _Progress(progress)
+    report = Progress(progress)
     if session is None:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as own:
             registry = Registry(own, host, credentials, options)
@@ -979,7 +694,7 @@ async def pull(store: ImageStore, reference: str, platform: Platform | None = No
 
 
 async def _pull(store: ImageStore, registry: Registry, ref: Reference, repository: str, platform: Platform,
-                report: _Progress) -> Pulled:
+                report: Progress) -> Pulled:
     wanted = ref.digest or ref.tag or "latest"
     tag = None if ref.digest is not None else str(Reference(ref.repository, ref.tag))
     report(f"Pulling from {repository}", wanted)
@@ -1027,7 +742,7 @@ def _resolved(store: ImageStore, name: str) -> Image | None:
 
 
 async def _layers(store: ImageStore, registry: Registry, repository: str,
-                  descriptors: list[tuple[str, int, str]], report: _Progress) -> list[Layer]:
+                  descriptors: list[tuple[str, int, str]], report: Progress) -> list[Layer]:
     """The manifest's layers, downloaded concurrently (each blob once) and checked; all or none."""
     limit = asyncio.Semaphore(registry.options.max_concurrent_downloads)
     unique = list(dict.fromkeys(descriptors))
@@ -1049,12 +764,12 @@ async def _layers(store: ImageStore, registry: Registry, repository: str,
 
 
 async def _layer(store: ImageStore, registry: Registry, repository: str, descriptor: tuple[str, int, str],
-                 base: bool, limit: asyncio.Semaphore, report: _Progress) -> Layer:
+                 base: bool, limit: asyncio.Semaphore, report: Progress) -> Layer:
     digest, size, media_type = descriptor
     short = digest[7:19]
     if digest in store.blobs:
         report("Already exists", short)
-        diff_id, content_size = await asyncio.to_thread(_inspect_blob, store.blobs.path(digest),
+        diff_id, content_size = await asyncio.to_thread(inspect_blob, store.blobs.path(digest),
                                                         LAYER_COMPRESSION[media_type], base)
         return Layer(diff_id, digest, media_type, size, content_size)
     if limit.locked():
@@ -1063,8 +778,8 @@ async def _layer(store: ImageStore, registry: Registry, repository: str, descrip
         try:
             staged = await _to_thread(store.blobs.partial, digest, size)
         except OSError as err:
-            raise _disk_error(err, digest) from err
-        download = _Download(staged, descriptor, base, report)
+            raise disk_error(err, digest) from err
+        download = Download(staged, digest, size, LAYER_COMPRESSION[media_type], base, report)
         try:
             await registry.blob(repository, download)
             report("Verifying Checksum", short)
@@ -1078,7 +793,7 @@ async def _layer(store: ImageStore, registry: Registry, repository: str, descrip
                 await _to_thread(store.blobs.commit, staged, digest)
             except OSError as err:
                 staged.discard()
-                raise _disk_error(err, digest) from err
+                raise disk_error(err, digest) from err
         finally:
             await download.close()
     report("Pull complete", short)

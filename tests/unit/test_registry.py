@@ -84,6 +84,8 @@ def test_platform_selection_from_an_index() -> None:
     ("127.0.0.1:5000/team/app:1.2", ("127.0.0.1:5000", "team/app")),
     ("localhost/app", ("localhost", "app")),
     ("ghcr.io/owner/app", ("ghcr.io", "owner/app")),
+    ("docker.io/busybox", ("docker.io", "library/busybox")),
+    ("index.docker.io/team/app", ("docker.io", "team/app")),
 ])
 def test_registry_and_repository_from_a_reference(text: str, expected: tuple[str, str]) -> None:
     assert locate(parse_reference(text)) == expected
