@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
-from hyperd.errors import StateError
-from hyperd.state import Container, ContainerSpec, ContainerState, Database
+from hyperd.errors import InvalidArgument, StateError
+from hyperd.state import Container, ContainerSpec, ContainerState, Database, parse_signal, signal_name
 
 SPEC = ContainerSpec(image="busybox", image_id="sha256:" + "a" * 64, args=("echo", "hi"), env=("A=b",),
                      autoremove=True, cmd=("echo", "hi"))
@@ -53,3 +54,21 @@ def test_names_are_unique(tmp_path: Path) -> None:
     db.save(Container(id="a" * 64, name="web", spec=SPEC))
     with pytest.raises(Exception, match="UNIQUE"):
         db.save(Container(id="b" * 64, name="web", spec=SPEC))
+
+
+@pytest.mark.parametrize(("name", "number"), [
+    ("SIGUSR1", signal.SIGUSR1), ("usr1", signal.SIGUSR1), ("15", 15), ("QUIT", signal.SIGQUIT),
+    ("SIGRTMIN+3", signal.SIGRTMIN + 3), ("SIGRTMAX-1", signal.SIGRTMAX - 1),
+])
+def test_signals_by_name_or_number(name: str, number: int) -> None:
+    assert parse_signal(name) == number
+
+
+@pytest.mark.parametrize("name", ["NOPE", "0", "99", "SIGRTMIN+x", ""])
+def test_an_invalid_signal_is_one_clear_error(name: str) -> None:
+    with pytest.raises(InvalidArgument, match="invalid signal"):
+        parse_signal(name)
+
+
+def test_signal_names_for_inspect() -> None:
+    assert (signal_name(signal.SIGTERM), signal_name(signal.SIGRTMIN + 2)) == ("SIGTERM", str(signal.SIGRTMIN + 2))
