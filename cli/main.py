@@ -105,6 +105,17 @@ def cli(ctx: click.Context, host: str, config: str | None, debug: bool) -> None:
     ctx.obj = host
 
 
+def _options(items: Iterable[str], flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` flags as a mapping, as docker sends ``--storage-opt`` and the like."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HyperError(f"invalid {flag} {item!r}: expected KEY=VALUE")
+        options[key] = value
+    return options
+
+
 def _environment(items: Iterable[str]) -> list[str]:
     """``-e`` values as ``K=V``; a bare ``K`` takes its value from our own environment."""
     env = []
@@ -133,6 +144,9 @@ def _environment(items: Iterable[str]) -> list[str]:
 @click.option("--pull", "pull_policy", type=click.Choice(["missing", "always", "never"]), default="missing",
               show_default=True, help="When to pull the image before creating the container.")
 @click.option("--platform", default="", metavar="OS/ARCH[/VARIANT]", help="Platform to pull, if pulling.")
+@click.option("--storage-opt", "storage_opts", multiple=True, metavar="size=SIZE",
+              help="Give the container a writable disk of its own of SIZE (512M, 2G): a hard limit, kept "
+                   "across restarts.")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[COMMAND] [ARG]...")
 @click.pass_obj
@@ -147,6 +161,7 @@ def run(
     user: str,
     pull_policy: str,
     platform: str,
+    storage_opts: tuple[str, ...],
     image: str,
     command: tuple[str, ...],
 ) -> None:
@@ -160,6 +175,7 @@ def run(
         "WorkingDir": workdir,
         "User": user,
         "AutoRemove": auto_remove,
+        "StorageOpt": _options(storage_opts, "--storage-opt"),
     }
     client = connect(host)
     created = _create(client, config, name, pull_policy, platform)
@@ -245,6 +261,15 @@ def logs(host: str, follow: bool, timestamps: bool, tail: str, container: str) -
             stdcopy.demux(stream, sys.stdout.buffer, sys.stderr.buffer)
         else:
             stdcopy.copy_raw(stream, sys.stdout.buffer)
+
+
+@cli.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+def start(host: str, containers: tuple[str, ...]) -> None:
+    """Start created or exited containers in the background (each boots a new VM)."""
+    client = connect(host)
+    each(containers, then_echo(client.start))
 
 
 @cli.command()

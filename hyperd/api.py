@@ -165,7 +165,8 @@ def _inspect(container: Container) -> dict[str, Any]:
             "StopSignal": signal_name(spec.stop_signal),
             "ExposedPorts": {port: {} for port in spec.exposed_ports},
         },
-        "HostConfig": {"AutoRemove": spec.autoremove},
+        "HostConfig": {"AutoRemove": spec.autoremove,
+                       "StorageOpt": {"size": str(spec.storage_size)} if spec.storage_size else {}},
     }
 
 
@@ -212,8 +213,16 @@ async def create_container(request: web.Request) -> web.Response:
         image_ref=body["Image"], name=request.query.get("name"), cmd=strings("Cmd"),
         entrypoint=strings("Entrypoint"), env=strings("Env") or [], workdir=str(body.get("WorkingDir") or ""),
         user=str(body.get("User") or ""), autoremove=bool(body.get("AutoRemove")),
+        storage_opt=_string_map(body, "StorageOpt"),
     )
     return web.json_response({"Id": container.id, "Warnings": []}, status=201)
+
+
+def _string_map(body: dict[str, Any], key: str) -> dict[str, str]:
+    value = body.get(key) or {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise errors.InvalidArgument(f"{key} must be an object of strings")
+    return dict(value)
 
 
 async def start_container(request: web.Request) -> web.Response:

@@ -19,11 +19,11 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hyperd import errors, logs
+from hyperd import errors, logs, storage
 from hyperd.config import Config
 from hyperd.guest import AgentClient, ExitEvent, Stream
 from hyperd.image import registry
@@ -131,7 +131,9 @@ class Daemon:
     # -- create -------------------------------------------------------------------------
 
     def create(self, image_ref: str, name: str | None, cmd: list[str] | None, entrypoint: list[str] | None,
-               env: list[str], workdir: str, user: str, autoremove: bool) -> Container:
+               env: list[str], workdir: str, user: str, autoremove: bool,
+               storage_opt: dict[str, str] | None = None) -> Container:
+        storage_size = storage.parse_options(storage_opt or {})
         image = self.images.resolve(image_ref)
         if name is not None:
             _validate_name(name)
@@ -140,7 +142,8 @@ class Daemon:
         for item in env:
             if not item.partition("=")[0]:
                 raise errors.InvalidArgument(f"invalid environment variable {item!r}")
-        spec = _resolve_spec(image_ref, image, cmd, entrypoint, env, workdir, user, autoremove)
+        spec = replace(_resolve_spec(image_ref, image, cmd, entrypoint, env, workdir, user, autoremove),
+                       storage_size=storage_size)
         if not spec.args:
             raise errors.InvalidArgument("no command specified")
         if len(json.dumps([spec.args, spec.env, spec.workdir, spec.user])) > MAX_PROCESS_SPEC:
@@ -200,9 +203,17 @@ class Daemon:
         workdir = self.container_dir(container) / "vm"
         shutil.rmtree(workdir, ignore_errors=True)
         serial = f"img{image.id.removeprefix('sha256:')[:16]}"
+        disks = [Disk(disk, serial)]
+        rootfs: dict[str, Any] = {"disk": serial, "fstype": "erofs"}
+        if container.spec.storage_size:
+            upper = self.container_dir(container) / "upper.ext4"
+            if not upper.exists():  # made once: it keeps the container's changes across its runs
+                await storage.create(upper, container.spec.storage_size)
+            disks.append(Disk(upper, f"upper{container.id[:12]}", readonly=False))
+            rootfs["upper"] = {"disk": disks[-1].serial, "fstype": "ext4"}
         spec = VMSpec(
             name=f"hyper-{container.id[:12]}", kernel=self.config.kernel, guest_disk=self.config.guest_disk,
-            workdir=workdir, memory_mib=self.config.memory_mib, disks=(Disk(disk, serial),),
+            workdir=workdir, memory_mib=self.config.memory_mib, disks=tuple(disks),
         )
         vm = await self.hypervisor.launch(spec)
         mark("vm_spawned")
@@ -233,7 +244,7 @@ class Daemon:
                          asyncio.create_task(self._pump(container, 2, stderr))]
             await client.request("container.start", {
                 "id": container.id,
-                "rootfs": {"disk": serial, "fstype": "erofs"},
+                "rootfs": rootfs,
                 "hostname": container.id[:12],
                 "process": {"args": list(container.spec.args), "env": list(container.spec.env),
                             "cwd": container.spec.workdir or "/", "user": container.spec.user},

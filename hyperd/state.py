@@ -52,6 +52,8 @@ class ContainerSpec:
     stop_signal: int = signal.SIGTERM
     labels: dict[str, str] = field(default_factory=dict)
     exposed_ports: tuple[str, ...] = ()
+    storage_size: int = 0
+    """Bytes of the container's own writable disk (``--storage-opt size=``); 0 for a tmpfs in the guest."""
 
 
 def parse_signal(name: str) -> int:

@@ -294,7 +294,8 @@ class Agent:
         )
         rootfs = args["rootfs"]
         lower = self.images.mount(str(rootfs["disk"]), str(rootfs.get("fstype", "erofs")))
-        box = container.assemble(cid, lower)
+        upper = rootfs.get("upper")
+        box = container.assemble(cid, lower, (str(upper["disk"]), str(upper.get("fstype", "ext4"))) if upper else None)
         box.hostname = str(args.get("hostname") or box.hostname)
         self.containers[cid] = box
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)

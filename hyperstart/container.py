@@ -86,16 +86,29 @@ class Images:
         return self._mounted[serial]
 
 
-def assemble(container_id: str, lower: str) -> Container:
-    """Stack a writable tmpfs upper layer over the image: the container's root."""
+def assemble(container_id: str, lower: str, disk: tuple[str, str] | None = None) -> Container:
+    """Stack a writable upper layer over the image: the container's root.
+
+    The upper layer is on the VM's tmpfs, or on the container's own disk (serial, fstype)
+    when it has one, where it is kept from one run of the container to the next.
+    """
     base = f"{RUN}/containers/{container_id}"
-    for sub in ("upper", "work", "root"):
-        os.makedirs(f"{base}/{sub}", exist_ok=True)
+    mounts = []
+    if disk is not None:
+        layer = f"{base}/layer"
+        os.makedirs(layer, exist_ok=True)
+        syscalls.mount(_disk_by_serial(disk[0]), layer, disk[1], syscalls.MS_NOSUID | syscalls.MS_NODEV)
+        mounts.append(layer)
+    else:
+        layer = base
+    for sub in (f"{layer}/upper", f"{layer}/work", f"{base}/root"):
+        os.makedirs(sub, exist_ok=True)
     root = f"{base}/root"
-    syscalls.mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={base}/upper,workdir={base}/work")
+    syscalls.mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={layer}/upper,workdir={layer}/work")
+    mounts.append(root)
     for sub in ("proc", "sys", "dev"):
         os.makedirs(f"{root}/{sub}", exist_ok=True)
-    return Container(container_id, root, container_id[:12], [root])
+    return Container(container_id, root, container_id[:12], mounts)
 
 
 def release(container: Container) -> None:

@@ -196,6 +196,7 @@ def test_run_detached_prints_the_id(hyperd: FakeHyperd) -> None:
         "WorkingDir": "",
         "User": "",
         "AutoRemove": False,
+        "StorageOpt": {},
     }
     assert len(hyperd.seen("POST", f"/containers/{CID}/start")) == 1
 
@@ -657,3 +658,20 @@ def test_version_without_daemon_still_shows_the_client(tmp_path: Path) -> None:
     assert result.stdout.startswith("Client:\n Version:")
     assert "Server:" not in result.stdout
     assert result.stderr.startswith("hyper: cannot connect to hyperd")
+
+
+def test_run_storage_opt_is_sent_as_a_mapping(hyperd: FakeHyperd) -> None:
+    hyperd.on("POST", "/containers/create", Reply(201, {"Id": CID, "Warnings": []}))
+    hyperd.on("POST", f"/containers/{CID}/start", Reply(204))
+    result = hyper(hyperd, "run", "-d", "--storage-opt", "size=2G", "busybox", "true")
+    assert result.exit_code == 0, result.stderr
+    assert hyperd.seen("POST", "/containers/create")[0].json["StorageOpt"] == {"size": "2G"}
+    bad = hyper(hyperd, "run", "-d", "--storage-opt", "size", "busybox", "true")
+    assert (bad.exit_code, bad.stderr) == (125, "hyper: invalid --storage-opt 'size': expected KEY=VALUE\n")
+
+
+def test_start_prints_each_name_and_carries_on_after_a_failure(hyperd: FakeHyperd) -> None:
+    hyperd.on("POST", "/containers/one/start", Reply(204))
+    hyperd.on("POST", "/containers/two/start", Reply(404, {"message": "No such container: two"}))
+    result = hyper(hyperd, "start", "two", "one")
+    assert (result.exit_code, result.stdout, result.stderr) == (125, "one\n", "hyper: No such container: two\n")
