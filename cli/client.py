@@ -288,6 +288,9 @@ class Client:
     def remove(self, container: str, force: bool = False) -> None:
         self.call("DELETE", f"/containers/{_ident(container)}", {"force": _flag(force)})
 
+    def export(self, container: str) -> Stream:
+        return self.stream("GET", f"/containers/{_ident(container)}/export")
+
     def containers(self, all: bool = False) -> Any:
         return self.call("GET", "/containers/json", {"all": _flag(all)})
 

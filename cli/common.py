@@ -5,9 +5,10 @@ Kept to click and the standard library: it is imported on every ``hyper`` invoca
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -16,7 +17,7 @@ from cli.errors import HyperError
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from cli.client import Client
+    from cli.client import Client, Stream
 
 
 def say(message: str) -> None:
@@ -75,6 +76,38 @@ def inspect_each(names: Iterable[str], fetch: Callable[[str], dict[str, Any]], f
 
             for line in template.render(fmt, found):
                 click.echo(line)
+
+
+def refuse_terminal(path: str | None) -> None:
+    """An archive goes to a file or a pipe, never to a terminal (docker's wording)."""
+    if path is None and sys.stdout.isatty():
+        raise HyperError("cowardly refusing to save to a terminal. Use the -o flag or redirect")
+
+
+def write_archive(stream: Stream, path: str | None) -> None:
+    """Copy a streamed archive to ``path``, or to standard output when None.
+
+    A file is written next to its target and renamed, so a failure leaves no half archive.
+    """
+    if path is None:
+        _copy(stream, sys.stdout.buffer)
+        return
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "wb") as out:
+            _copy(stream, out)
+        os.replace(temporary, path)
+    except OSError as err:
+        raise HyperError(f"write {path}: {(err.strerror or str(err)).lower()}") from err
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _copy(stream: Stream, out: IO[bytes]) -> None:
+    while chunk := stream.read(1 << 20):
+        out.write(chunk)
+    out.flush()
 
 
 def split_reference(reference: str) -> tuple[str, str]:

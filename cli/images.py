@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from cli.common import config_dir, connect, each, inspect_each, say, split_reference
+from cli.common import config_dir, connect, each, inspect_each, refuse_terminal, say, split_reference, write_archive
 from cli.errors import HyperError
 
 if TYPE_CHECKING:
@@ -267,29 +267,9 @@ def prune(host: str, prune_all: bool, force: bool) -> None:
 @click.pass_obj
 def save(host: str, path: str | None, names: tuple[str, ...]) -> None:
     """Save images to a tar archive (both a Docker archive and an OCI layout)."""
-    if path is None and sys.stdout.isatty():
-        raise HyperError("cowardly refusing to save to a terminal. Use the -o flag or redirect")
+    refuse_terminal(path)
     with connect(host).save(list(names)) as stream:
-        if path is None:
-            _copy(stream.read, sys.stdout.buffer)
-            return
-        # Written next to the target and renamed: a failed save leaves no half archive behind.
-        temporary = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(temporary, "wb") as out:
-                _copy(stream.read, out)
-            os.replace(temporary, path)
-        except OSError as err:
-            raise HyperError(f"write {path}: {(err.strerror or str(err)).lower()}") from err
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-
-
-def _copy(read: Any, out: IO[bytes]) -> None:
-    while chunk := read(1 << 20):
-        out.write(chunk)
-    out.flush()
+        write_archive(stream, path)
 
 
 @click.command()

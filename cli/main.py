@@ -264,6 +264,19 @@ def logs(host: str, follow: bool, timestamps: bool, tail: str, container: str) -
 
 
 @cli.command()
+@click.option("-o", "--output", "path", metavar="FILE", help="Write to FILE instead of standard output.")
+@click.argument("container")
+@click.pass_obj
+def export(host: str, path: str | None, container: str) -> None:
+    """Export a running container's filesystem (its image with its changes) as a tar archive."""
+    from cli.common import refuse_terminal, write_archive
+
+    refuse_terminal(path)
+    with connect(host).export(container) as stream:
+        write_archive(stream, path)
+
+
+@cli.command()
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj
 def start(host: str, containers: tuple[str, ...]) -> None:

@@ -274,6 +274,19 @@ async def remove_container(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def export_container(request: web.Request) -> web.StreamResponse:
+    chunks = _daemon(request).export(request.match_info["id"])
+    # The first chunk before the headers: a refusal still gets its own status.
+    first = await anext(chunks, b"")
+    response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+    await response.prepare(request)
+    await response.write(first)
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
 async def list_containers(request: web.Request) -> web.Response:
     found = _daemon(request).select(include_stopped=_flag(request, "all"))
     return web.json_response([_summary(c) for c in found])
@@ -537,6 +550,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/containers/{id}/stop", stop_container),
         web.post("/containers/{id}/kill", kill_container),
         web.get("/containers/{id}/logs", container_logs),
+        web.get("/containers/{id}/export", export_container),
         web.delete("/containers/{id}", remove_container),
         web.post("/auth", login),
         web.get("/images/json", list_images),

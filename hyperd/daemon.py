@@ -18,7 +18,7 @@ import secrets
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -283,6 +283,32 @@ class Daemon:
         console = log_tail(spec.console_log, CONSOLE_TAIL) or log_tail(spec.workdir / "qemu.log", CONSOLE_TAIL)
         raise errors.BootFailed(f"guest boot failed: {reason}", console, pod.vm.child.argv)
 
+    async def export(self, ref: str) -> AsyncIterator[bytes]:
+        """A tar of a running container's root filesystem: its image with its changes, streamed from the guest."""
+        container = self.get(ref)
+        pod = self.pods.get(container.id)
+        if pod is None:
+            raise errors.StateError(f"cannot export container {container.name}: it is not running, and its "
+                                    "filesystem is only reachable inside its VM")
+        if pod.client.info is None or "export" not in pod.client.info.capabilities:
+            raise errors.StateError(f"cannot export container {container.name}: its guest agent does not offer "
+                                    "export (a guest disk older than this hyperd)")
+        stream = pod.client.open_stream()
+        # No deadline: the reply comes once the whole tree has been sent, however big it is.
+        done = asyncio.ensure_future(pod.client.request("container.export", {"id": container.id,
+                                                                             "stream": stream.id}, timeout=None))
+        try:
+            first = await _first(stream, done)
+            if first:
+                yield first
+                while data := await stream.read():
+                    yield data
+            await done
+        finally:
+            if not done.done():
+                # The reader went away: drain the rest, or tar would wait in the guest for credit forever.
+                pod.tasks.append(asyncio.create_task(_drain(stream, done)))
+
     async def _pump(self, container: Container, stream_no: int, stream: Stream) -> None:
         log = logs.JsonFileLog(self.container_dir(container) / f"{container.id}-json.log")
         try:
@@ -526,6 +552,25 @@ def _resolve_spec(image_ref: str, image: Image, cmd: list[str] | None, entrypoin
         stop_signal=parse_signal(config.stop_signal) if config.stop_signal else signal.SIGTERM,
         labels=dict(config.labels), exposed_ports=config.exposed_ports,
     )
+
+
+async def _first(stream: Stream, done: asyncio.Future[Any]) -> bytes:
+    """The stream's first chunk, or b"" if the request ends first: a refusal (no such container in
+    the guest) is then raised before anything is sent."""
+    read = asyncio.ensure_future(stream.read())
+    await asyncio.wait({read, done}, return_when=asyncio.FIRST_COMPLETED)
+    if read.done():
+        return read.result()
+    read.cancel()
+    await done  # raises the refusal; a success with no byte at all is an empty stream
+    return b""
+
+
+async def _drain(stream: Stream, done: asyncio.Future[Any]) -> None:
+    with contextlib.suppress(Exception):
+        while await stream.read():
+            pass
+        await done
 
 
 def _close_stream(queue: Subscriber) -> None:

@@ -140,8 +140,8 @@ class AgentClient:
         return stream
 
     async def request(self, op: str, args: dict[str, Any] | None = None,
-                      timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
-        """Send a request and wait for its reply.
+                      timeout: float | None = REQUEST_TIMEOUT) -> dict[str, Any]:
+        """Send a request and wait for its reply (``timeout`` None: for as long as it takes).
 
         An error reply of ``container.start`` is ``StartFailed`` (it carries the exit code
         docker would give); of any other operation, ``GuestError``.

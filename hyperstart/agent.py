@@ -46,7 +46,8 @@ if TYPE_CHECKING:  # the guest pays for every import: typing only for the checke
 AGENT_VERSION = "0.1.0"
 MAX_ERROR = 2048
 """Characters of an error message sent to the host (which refuses longer ones)."""
-CAPABILITIES = ("containers", "signals", "stdio")
+CAPABILITIES = ("containers", "signals", "stdio", "export")
+TAR = ("/bin/busybox", "tar")
 
 
 def mount_basics() -> None:
@@ -117,6 +118,22 @@ class Process:
         return self.status is not None and self.errors < 0 and not any(out.open for out in self.outputs)
 
 
+class Export:
+    """A tar of a container's root filesystem on its way to the host; answered once it has all gone."""
+
+    def __init__(self, container_id: str, reply: Reply, output: Output, errors: int) -> None:
+        self.container_id = container_id
+        self.reply = reply
+        self.output = output
+        self.errors = errors
+        self.error = bytearray()
+        self.status: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not None and self.errors < 0 and not self.output.open
+
+
 class Agent:
     def __init__(self, port: int) -> None:
         self.port = port
@@ -130,10 +147,12 @@ class Agent:
         self.images = container.Images()
         self.containers: dict[str, container.Container] = {}
         self.processes: dict[int, Process] = {}
+        self.exports: dict[int, Export] = {}
         self.outputs: dict[int, Output] = {}
         self.handlers: dict[str, Handler] = {
             "init": self.init,
             "container.start": self.start_container,
+            "container.export": self.export_container,
             "signal": self.signal,
             "shutdown": self.shutdown,
         }
@@ -251,6 +270,8 @@ class Agent:
                 break
             if pid in self.processes:
                 self.processes[pid].status = exit_status(status)
+            elif pid in self.exports:
+                self.exports[pid].status = exit_status(status)
         self.check_all()
 
     def check_all(self) -> None:
@@ -264,6 +285,16 @@ class Agent:
                 container.release(box)
             if not process.error:
                 self.event("exit", container=process.container_id, status=process.status)
+        for pid, export in list(self.exports.items()):
+            if not export.finished:
+                continue
+            del self.exports[pid]
+            if export.status == 0:
+                export.reply.ok({})
+            else:
+                detail = export.error.decode(errors="replace").strip()
+                export.reply.fail(125, f"export of {export.container_id[:12]} failed: tar exited with status "
+                                       f"{export.status}" + (f": {detail}" if detail else ""))
 
     # -- operations -------------------------------------------------------------------
 
@@ -341,6 +372,50 @@ class Agent:
             self.check_all()
 
         self.selector.register(errors_r, selectors.EVENT_READ, on_errors)
+
+    def export_container(self, args: dict[str, Any], reply: Reply) -> None:
+        """Stream a tar of a running container's root filesystem (the image with its changes) on ``stream``.
+
+        tar runs in the agent's mount namespace, where the container's overlay is mounted and
+        its /proc, /sys and /dev are not (they are in the container's own namespace).  The
+        reply comes once every byte is sent and tar has exited.
+        """
+        cid = str(args["id"])
+        box = self.containers.get(cid)
+        if box is None:
+            raise container.StartError(125, f"no running container {cid} in this pod")
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            pid = os.posix_spawn(TAR[0], [*TAR, "-c", "-f", "-", "-C", box.root, "."], {"PATH": "/bin"},
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+                                               (os.POSIX_SPAWN_DUP2, err_w, 2)])
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            for fd in (out_w, err_w, null):
+                os.close(fd)
+        output = Output(out_r, int(args["stream"]))
+        export = Export(cid, reply, output, err_r)
+        self.exports[pid] = export
+        os.set_blocking(out_r, False)
+        self.outputs[output.stream] = output
+        self.selector.register(out_r, selectors.EVENT_READ, self.reader(output))
+
+        def on_errors(_mask: int) -> None:
+            chunk = os.read(err_r, 4096)
+            if chunk:
+                export.error += chunk[: max(0, MAX_ERROR - len(export.error))]
+                return
+            self.selector.unregister(err_r)
+            os.close(err_r)
+            export.errors = -1
+            self.check_all()
+
+        self.selector.register(err_r, selectors.EVENT_READ, on_errors)
 
     def signal(self, args: dict[str, Any], reply: Reply) -> None:
         box = self.containers.get(str(args["id"]))

@@ -107,3 +107,39 @@ def test_save_of_an_unknown_image_writes_nothing(hyper: Hyper, tmp_path: Path) -
     result = hyper("save", "-o", str(target), "no/such:image")
     assert (result.returncode, lines(result.stderr)) == (125, ["hyper: No such image: no/such:image"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_of_a_running_container_has_its_changes(hyper: Hyper, tmp_path: Path) -> None:
+    started = hyper("run", "-d", "--name", "exported", "busybox", "sh", "-c",
+                    "echo changed > /etc/changed && rm /etc/group && touch /ready && sleep 600")
+    assert started.returncode == 0, started.stderr
+    archive = tmp_path / "rootfs.tar"
+
+    def exported() -> set[str]:
+        result = hyper("export", "-o", str(archive), "exported")
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+        with tarfile.open(archive) as tar:
+            return {name.removeprefix("./") for name in tar.getnames()}
+
+    wait_for(lambda: "ready" in exported(), 60, "the container to write its files")
+    names = exported()
+    with tarfile.open(archive) as tar:
+        changed = tar.extractfile("./etc/changed")
+        assert changed is not None and changed.read() == b"changed\n"
+    assert {"bin/busybox", "etc/passwd", "ready"} <= names
+    assert "etc/group" not in names  # deleted in the container: gone from its filesystem
+    assert not any(name.startswith("proc/") for name in names)  # its /proc is not part of its files
+
+    assert hyper("rm", "-f", "exported").returncode == 0
+
+
+def test_export_of_a_container_that_is_not_running_is_one_line(hyper: Hyper, tmp_path: Path) -> None:
+    created = hyper("run", "--name", "finished", "busybox", "true")
+    assert created.returncode == 0, created.stderr
+    target = tmp_path / "out.tar"
+    result = hyper("export", "-o", str(target), "finished")
+    assert result.returncode == 125
+    [line] = lines(result.stderr)
+    assert line.startswith("hyper: cannot export container finished: it is not running"), line
+    assert list(tmp_path.iterdir()) == []
+    assert hyper("rm", "finished").returncode == 0

@@ -675,3 +675,20 @@ def test_start_prints_each_name_and_carries_on_after_a_failure(hyperd: FakeHyper
     hyperd.on("POST", "/containers/two/start", Reply(404, {"message": "No such container: two"}))
     result = hyper(hyperd, "start", "two", "one")
     assert (result.exit_code, result.stdout, result.stderr) == (125, "one\n", "hyper: No such container: two\n")
+
+
+def test_export_writes_the_archive_to_a_file(hyperd: FakeHyperd, tmp_path: Path) -> None:
+    hyperd.on("GET", f"/containers/{CID}/export", Reply(200, raw=b"tar bytes"))
+    target = tmp_path / "rootfs.tar"
+    result = hyper(hyperd, "export", "-o", str(target), CID)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+    assert target.read_bytes() == b"tar bytes"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["rootfs.tar"]
+
+
+def test_export_refusal_leaves_no_file(hyperd: FakeHyperd, tmp_path: Path) -> None:
+    hyperd.on("GET", f"/containers/{CID}/export",
+              Reply(409, {"message": "cannot export container web: it is not running"}))
+    result = hyper(hyperd, "export", "-o", str(tmp_path / "rootfs.tar"), CID)
+    assert (result.exit_code, result.stderr) == (125, "hyper: cannot export container web: it is not running\n")
+    assert list(tmp_path.iterdir()) == []

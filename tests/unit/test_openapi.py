@@ -254,6 +254,7 @@ async def test_errors_match_the_error_schema(spec: dict[str, Any], client: Clien
         ("POST", "/containers/{id}/kill", {}, None, 409),
         ("POST", "/containers/{id}/start", {}, None, 500),
         ("POST", "/images/import", {"repo": "Not/Lowercase"}, b"", 400),
+        ("GET", "/containers/{id}/export", {}, None, 409),
     ]
     for method, path, params, body, status in cases:
         ref = "nobody" if status == 404 and "{id}" in path else "one"
