@@ -138,13 +138,13 @@ def _image_rows(listing: list[dict[str, Any]], no_trunc: bool) -> list[dict[str,
                 "Repository": repo, "Tag": tag or "<none>", "ID": ident,
                 "Digest": digests.get(repo, "<none>"),
                 "CreatedSince": output.ago(created, now) if isinstance(created, int | float) else "",
-                "CreatedAt": _local_time(created) if isinstance(created, int | float) else "",
+                "CreatedAt": local_time(created) if isinstance(created, int | float) else "",
                 "Size": output.size(image.get("Size") or 0),
             })
     return rows
 
 
-def _local_time(timestamp: float) -> str:
+def local_time(timestamp: float) -> str:
     import time
 
     return time.strftime("%Y-%m-%d %H:%M:%S %z %Z", time.localtime(timestamp))

@@ -209,39 +209,80 @@ def _create(client: Client, config: dict[str, Any], name: str | None, pull_polic
     return client.create_container(config, name)
 
 
+PS_HEADERS = {"ID": "CONTAINER ID", "RunningFor": "CREATED", "CreatedAt": "CREATED AT"}
+"""``table`` headers docker prints for these fields of ``hyper ps --format``."""
+PS_FILTERS = ("id", "name", "status", "ancestor")
+
+
 @cli.command()
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers, not only running ones.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print container IDs.")
+@click.option("-n", "--last", "last", type=int, default=-1, metavar="N", help="The N newest containers (any state).")
+@click.option("-l", "--latest", is_flag=True, help="The newest container (any state).")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only containers matching: id=, name=, status=, ancestor= (repeatable).")
+@click.option("--format", "fmt", metavar="TEMPLATE", help="Go template, 'table TEMPLATE' or 'json'.")
 @click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
 @click.pass_obj
-def ps(host: str, show_all: bool, quiet: bool, no_trunc: bool) -> None:
-    """List containers."""
+def ps(host: str, show_all: bool, quiet: bool, last: int, latest: bool, filters: tuple[str, ...], fmt: str | None,
+       no_trunc: bool) -> None:
+    """List containers, newest first."""
+    from cli import template
+
+    wanted = _options(filters, "--filter")
+    unknown = sorted(set(wanted) - set(PS_FILTERS))
+    if unknown:
+        raise HyperError(f"invalid filter '{unknown[0]}': use {', '.join(PS_FILTERS)}")
+    limit = 1 if latest else last
+    containers = connect(host).containers(show_all or limit >= 0 or bool(filters))
+    rows = _container_rows([c for c in containers if _matches(c, wanted)], no_trunc)
+    if limit >= 0:
+        rows = rows[:limit]
+    if quiet:
+        for row in rows:
+            click.echo(row["ID"])
+        return
+    fmt = fmt or "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Names}}"
+    for line in template.render(fmt, rows, PS_HEADERS):
+        click.echo(line)
+
+
+def _container_rows(containers: list[dict[str, Any]], no_trunc: bool) -> list[dict[str, str]]:
+    """One row per container with docker's ``ps`` field names, for templates and filters."""
     import time
 
     from cli import output
 
-    containers = connect(host).containers(show_all)
-    ids = [c["Id"] if no_trunc else c["Id"][:12] for c in containers]
-    if quiet:
-        for ident in ids:
-            click.echo(ident)
-        return
     now = time.time()
-    rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]]
-    for ident, c in zip(ids, containers, strict=True):
+    rows = []
+    for c in containers:
         command = c.get("Command") or ""
         created = c.get("Created")
-        rows.append(
-            [
-                ident,
-                c.get("Image") or "",
-                output.quoted(command if no_trunc else output.ellipsis(command, 20)),
-                output.ago(created, now) if isinstance(created, int | float) else "",
-                c.get("Status") or "",
-                ",".join(name.lstrip("/") for name in c.get("Names") or ()),
-            ]
-        )
-    click.echo(output.table(rows))
+        rows.append({
+            "ID": c["Id"] if no_trunc else c["Id"][:12],
+            "Image": c.get("Image") or "",
+            "Command": output.quoted(command if no_trunc else output.ellipsis(command, 20)),
+            "RunningFor": output.ago(created, now) if isinstance(created, int | float) else "",
+            "CreatedAt": images.local_time(created) if isinstance(created, int | float) else "",
+            "Status": c.get("Status") or "",
+            "State": c.get("State") or "",
+            "Names": ",".join(name.lstrip("/") for name in c.get("Names") or ()),
+        })
+    return rows
+
+
+def _matches(container: dict[str, Any], wanted: dict[str, str]) -> bool:
+    """docker's ps filters: an id prefix, a name substring, a state, an image as given."""
+    for key, value in wanted.items():
+        if key == "id" and not str(container.get("Id") or "").startswith(value):
+            return False
+        if key == "name" and not any(value in name for name in container.get("Names") or ()):
+            return False
+        if key == "status" and container.get("State") != value:
+            return False
+        if key == "ancestor" and container.get("Image") != value:
+            return False
+    return True
 
 
 @cli.command()
@@ -274,6 +315,21 @@ def export(host: str, path: str | None, container: str) -> None:
     refuse_terminal(path)
     with connect(host).export(container) as stream:
         write_archive(stream, path)
+
+
+@cli.command()
+@click.option("-t", "--time", "timeout", type=int, metavar="SECS", help="Seconds to wait before killing it.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+def restart(host: str, timeout: int | None, containers: tuple[str, ...]) -> None:
+    """Stop containers (if running) and start them again, each in a new VM."""
+    client = connect(host)
+
+    def again(container: str) -> None:
+        client.stop(container, timeout)
+        client.start(container)
+
+    each(containers, then_echo(again))
 
 
 @cli.command()

@@ -112,3 +112,19 @@ def test_ctrl_c_stops_the_container_and_reports_its_status(hyper: Hyper) -> None
     assert (stdout, stderr) == (b"", b"")
     assert " Exited (3) " in ps_row(hyper("ps", "-a").stdout, "ctrlc")
     hyper.daemon.assert_no_qemu("after Ctrl-C")
+
+
+def test_restart_runs_the_container_again_in_a_new_vm(hyper: Hyper) -> None:
+    started = hyper("run", "-d", "--name", "again", "busybox", "sh", "-c", "echo run; sleep 600")
+    assert started.returncode == 0, started.stderr
+    fmt = "{{.State.Status}} {{.State.Pid}}"
+    wait_for(lambda: hyper("inspect", "--format", fmt, "again").stdout.startswith("running"), 60, "the first run")
+    first_pid = hyper("inspect", "--format", fmt, "again").stdout.split()[1]
+    restarted = hyper("restart", "-t", "1", "again")
+    assert (restarted.returncode, restarted.stdout) == (0, "again\n"), restarted.stderr
+    status, pid = hyper("inspect", "--format", fmt, "again").stdout.split()
+    assert status == "running" and pid != first_pid  # another QEMU: a new VM
+    wait_for(lambda: hyper("logs", "again").stdout == "run\nrun\n", 60, "the second run's output")
+    listed = hyper("ps", "--filter", "name=again", "--format", "{{.Names}} {{.State}}")
+    assert listed.stdout == "again running\n"
+    assert hyper("rm", "-f", "again").returncode == 0

@@ -692,3 +692,43 @@ def test_export_refusal_leaves_no_file(hyperd: FakeHyperd, tmp_path: Path) -> No
     result = hyper(hyperd, "export", "-o", str(tmp_path / "rootfs.tar"), CID)
     assert (result.exit_code, result.stderr) == (125, "hyper: cannot export container web: it is not running\n")
     assert list(tmp_path.iterdir()) == []
+
+
+PS_LISTING = [
+    {"Id": CID, "Names": ["/web"], "Image": "busybox", "Command": "sleep 9", "Created": 2, "State": "running",
+     "Status": "Up"},
+    {"Id": "0123456789abcdef" * 4, "Names": ["/db"], "Image": "alpine", "Command": "top", "Created": 1,
+     "State": "exited", "Status": "Exited (0)"},
+]
+
+
+@pytest.mark.parametrize(("args", "shown"), [
+    (["-a", "--format", "{{.Names}} {{.State}}"], ["web running", "db exited"]),
+    (["-n", "1", "--format", "{{.Names}}"], ["web"]),
+    (["-l", "--format", "{{.Names}}"], ["web"]),
+    (["--filter", "status=exited", "--format", "{{.Names}}"], ["db"]),
+    (["--filter", "name=w", "--filter", "ancestor=busybox", "-q"], [CID[:12]]),
+    (["-a", "--filter", "id=0123", "--format", "{{.ID}}"], ["0123456789ab"]),
+    (["-a", "--format", "table {{.ID}}\t{{.Names}}"],
+     ["CONTAINER ID   NAMES", f"{CID[:12]}   web", "0123456789ab   db"]),
+])
+def test_ps_format_last_latest_and_filters(hyperd: FakeHyperd, args: list[str], shown: list[str]) -> None:
+    hyperd.on("GET", "/containers/json", Reply(200, PS_LISTING))
+    result = hyper(hyperd, "ps", *args)
+    assert (result.exit_code, result.stdout.splitlines()) == (0, shown), result.stderr
+    # -n, -l and filters look at stopped containers too, as docker's do.
+    assert hyperd.requests[-1].query == {"all": "1"}
+
+
+def test_ps_unknown_filter_is_one_line(hyperd: FakeHyperd) -> None:
+    result = hyper(hyperd, "ps", "--filter", "label=x")
+    assert (result.exit_code, result.stderr) == (125, "hyper: invalid filter 'label': use id, name, status, ancestor\n")
+
+
+def test_restart_stops_then_starts(hyperd: FakeHyperd) -> None:
+    hyperd.on("POST", "/containers/web/stop", Reply(204))
+    hyperd.on("POST", "/containers/web/start", Reply(204))
+    result = hyper(hyperd, "restart", "-t", "3", "web")
+    assert (result.exit_code, result.stdout) == (0, "web\n"), result.stderr
+    assert [(r.method, r.path, r.query) for r in hyperd.requests] == [
+        ("POST", "/containers/web/stop", {"t": "3"}), ("POST", "/containers/web/start", {})]
