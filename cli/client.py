@@ -288,6 +288,12 @@ class Client:
     def remove(self, container: str, force: bool = False) -> None:
         self.call("DELETE", f"/containers/{_ident(container)}", {"force": _flag(force)})
 
+    def rename(self, container: str, name: str) -> None:
+        self.call("POST", f"/containers/{_ident(container)}/rename", {"name": name})
+
+    def prune_containers(self) -> Any:
+        return self.call("POST", "/containers/prune")
+
     def export(self, container: str) -> Stream:
         return self.stream("GET", f"/containers/{_ident(container)}/export")
 

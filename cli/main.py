@@ -20,7 +20,7 @@ from cli.common import connect, each, inspect_each, say, then_echo
 from cli.errors import EXIT_DAEMON, HyperError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from cli.client import Client
 
@@ -131,57 +131,60 @@ def _environment(items: Iterable[str]) -> list[str]:
     return env
 
 
-@cli.command(context_settings={"allow_interspersed_args": False})
-@click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits.")
-@click.option("-d", "--detach", is_flag=True, help="Start in the background and print the container ID.")
-@click.option("--name", metavar="NAME", help="Name the container.")
-@click.option(
-    "-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable; a bare K copies ours (repeatable)."
-)
-@click.option("-w", "--workdir", default="", metavar="DIR", help="Working directory inside the container.")
-@click.option("--entrypoint", metavar="CMD", help="Replace the image's entrypoint (and drop its command).")
-@click.option("-u", "--user", default="", metavar="USER[:GROUP]", help="User (and group) to run as.")
-@click.option("--pull", "pull_policy", type=click.Choice(["missing", "always", "never"]), default="missing",
-              show_default=True, help="When to pull the image before creating the container.")
-@click.option("--platform", default="", metavar="OS/ARCH[/VARIANT]", help="Platform to pull, if pulling.")
-@click.option("--storage-opt", "storage_opts", multiple=True, metavar="size=SIZE",
-              help="Give the container a writable disk of its own of SIZE (512M, 2G): a hard limit, kept "
-                   "across restarts.")
-@click.argument("image")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[COMMAND] [ARG]...")
-@click.pass_obj
-def run(
-    host: str,
-    auto_remove: bool,
-    detach: bool,
-    name: str | None,
-    env: tuple[str, ...],
-    workdir: str,
-    entrypoint: str | None,
-    user: str,
-    pull_policy: str,
-    platform: str,
-    storage_opts: tuple[str, ...],
-    image: str,
-    command: tuple[str, ...],
-) -> None:
-    """Run COMMAND in a new container from IMAGE. Options go before IMAGE."""
+def _container_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options ``run`` and ``create`` share, then IMAGE and its command."""
+    options = [
+        click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits."),
+        click.option("--name", metavar="NAME", help="Name the container."),
+        click.option("-e", "--env", multiple=True, metavar="K=V",
+                     help="Set an environment variable; a bare K copies ours (repeatable)."),
+        click.option("-w", "--workdir", default="", metavar="DIR", help="Working directory inside the container."),
+        click.option("--entrypoint", metavar="CMD", help="Replace the image's entrypoint (and drop its command)."),
+        click.option("-u", "--user", default="", metavar="USER[:GROUP]", help="User (and group) to run as."),
+        click.option("--pull", "pull_policy", type=click.Choice(["missing", "always", "never"]), default="missing",
+                     show_default=True, help="When to pull the image before creating the container."),
+        click.option("--platform", default="", metavar="OS/ARCH[/VARIANT]", help="Platform to pull, if pulling."),
+        click.option("--storage-opt", "storage_opts", multiple=True, metavar="size=SIZE",
+                     help="Give the container a writable disk of its own of SIZE (512M, 2G): a hard limit, kept "
+                          "across restarts."),
+        click.argument("image"),
+        click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[COMMAND] [ARG]..."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _new_container(host: str, name: str | None, pull_policy: str, platform: str, image: str,
+                   command: tuple[str, ...], **settings: Any) -> tuple[Client, str]:
+    """Create the container ``run`` and ``create`` describe; the client and the container's id."""
     config = {
         "Image": image,
         "Cmd": list(command) or None,
         # An empty --entrypoint clears the image's; null keeps it.
-        "Entrypoint": None if entrypoint is None else [entrypoint] if entrypoint else [],
-        "Env": _environment(env),
-        "WorkingDir": workdir,
-        "User": user,
-        "AutoRemove": auto_remove,
-        "StorageOpt": _options(storage_opts, "--storage-opt"),
+        "Entrypoint": None if settings["entrypoint"] is None else [settings["entrypoint"]] if settings["entrypoint"]
+        else [],
+        "Env": _environment(settings["env"]),
+        "WorkingDir": settings["workdir"],
+        "User": settings["user"],
+        "AutoRemove": settings["auto_remove"],
+        "StorageOpt": _options(settings["storage_opts"], "--storage-opt"),
     }
     client = connect(host)
     created = _create(client, config, name, pull_policy, platform)
     for warning in created.get("Warnings") or ():
         click.echo(f"WARNING: {warning}", err=True)
-    container = created["Id"]
+    return client, str(created["Id"])
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="Start in the background and print the container ID.")
+@_container_options
+@click.pass_obj
+def run(host: str, /, detach: bool, name: str | None, pull_policy: str, platform: str, image: str,
+        command: tuple[str, ...], **settings: Any) -> None:
+    """Run COMMAND in a new container from IMAGE. Options go before IMAGE."""
+    client, container = _new_container(host, name, pull_policy, platform, image, command, **settings)
     if detach:
         client.start(container)
         click.echo(container)
@@ -189,6 +192,16 @@ def run(
     from cli import attach
 
     sys.exit(attach.run(client, container))
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@_container_options
+@click.pass_obj
+def create(host: str, /, name: str | None, pull_policy: str, platform: str, image: str, command: tuple[str, ...],
+           **settings: Any) -> None:
+    """Create a container from IMAGE without starting it; print its ID. Options go before IMAGE."""
+    _, container = _new_container(host, name, pull_policy, platform, image, command, **settings)
+    click.echo(container)
 
 
 def _create(client: Client, config: dict[str, Any], name: str | None, pull_policy: str, platform: str) -> Any:
@@ -462,8 +475,50 @@ def daemon(args: tuple[str, ...]) -> None:
     daemon_main(args=list(args), prog_name="hyper daemon", standalone_mode=True)
 
 
+@cli.command()
+@click.argument("container")
+@click.argument("name")
+@click.pass_obj
+def rename(host: str, container: str, name: str) -> None:
+    """Rename a container."""
+    connect(host).rename(container, name)
+
+
+@click.command()
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def prune(host: str, force: bool) -> None:
+    """Remove every container that is not running."""
+    from cli import output
+
+    if not force:
+        click.echo("WARNING! This will remove all stopped containers.")
+        if not click.confirm("Are you sure you want to continue?", default=False):
+            return
+    result = connect(host).prune_containers() or {}
+    deleted = result.get("ContainersDeleted") or []
+    if deleted:
+        click.echo("Deleted Containers:")
+        for ident in deleted:
+            click.echo(ident)
+        click.echo()
+    click.echo(f"Total reclaimed space: {output.size(result.get('SpaceReclaimed') or 0)}")
+
+
 for _command in images.TOP_LEVEL:
     cli.add_command(_command)
+
+
+@cli.group("container")
+def container_group() -> None:
+    """Manage containers."""
+
+
+for _name, _command in {"ls": ps, "ps": ps, "create": create, "run": run, "start": start, "stop": stop,
+                        "restart": restart, "kill": kill, "rm": rm, "wait": wait, "logs": logs, "rename": rename,
+                        "export": export, "prune": prune}.items():
+    container_group.add_command(_command, _name)
+container_group.add_command(inspect, "inspect")
 
 
 @cli.group("image")

@@ -274,6 +274,19 @@ async def remove_container(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def rename_container(request: web.Request) -> web.Response:
+    name = request.query.get("name") or ""
+    if not name:
+        raise errors.InvalidArgument("name is required")
+    _daemon(request).rename(request.match_info["id"], name)
+    return web.Response(status=204)
+
+
+async def prune_containers(request: web.Request) -> web.Response:
+    removed, freed = await _daemon(request).prune()
+    return web.json_response({"ContainersDeleted": removed, "SpaceReclaimed": freed})
+
+
 async def export_container(request: web.Request) -> web.StreamResponse:
     chunks = _daemon(request).export(request.match_info["id"])
     # The first chunk before the headers: a refusal still gets its own status.
@@ -551,6 +564,8 @@ def routes() -> list[web.RouteDef]:
         web.post("/containers/{id}/kill", kill_container),
         web.get("/containers/{id}/logs", container_logs),
         web.get("/containers/{id}/export", export_container),
+        web.post("/containers/{id}/rename", rename_container),
+        web.post("/containers/prune", prune_containers),
         web.delete("/containers/{id}", remove_container),
         web.post("/auth", login),
         web.get("/images/json", list_images),

@@ -153,6 +153,26 @@ class Daemon:
         self._track(container)
         return container
 
+    def rename(self, ref: str, name: str) -> None:
+        container = self.get(ref)
+        _validate_name(name)
+        if any(c.name == name and c.id != container.id for c in self.containers.values()):
+            raise errors.Conflict(f'the container name "/{name}" is already in use')
+        container.name = name
+        self.db.save(container)
+
+    async def prune(self) -> tuple[list[str], int]:
+        """``docker container prune``: remove every container that is not running; their ids and the bytes freed."""
+        removed, freed = [], 0
+        for container in sorted(self.containers.values(), key=lambda c: c.created):
+            if container.state not in (ContainerState.CREATED, ContainerState.EXITED) or container.id in self.pods:
+                continue
+            size = await asyncio.to_thread(_tree_size, self.container_dir(container))
+            await self._remove(container)
+            removed.append(container.id)
+            freed += size
+        return removed, freed
+
     def _generate_name(self) -> str:
         taken = {c.name for c in self.containers.values()}
         while True:
@@ -571,6 +591,16 @@ async def _drain(stream: Stream, done: asyncio.Future[Any]) -> None:
         while await stream.read():
             pass
         await done
+
+
+def _tree_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (allocated, so a sparse disk counts what it holds)."""
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+    return total
 
 
 def _close_stream(queue: Subscriber) -> None:

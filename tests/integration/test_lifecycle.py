@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from tests.integration.conftest import CLI_TIMEOUT, Hyper, lines, ps_row, wait_for
+from tests.integration.conftest import CLI_TIMEOUT, DaemonFactory, Hyper, lines, ps_row, wait_for
 
 INTERRUPT_TIMEOUT = 30.0
 """Ctrl-C stops the container with SIGTERM; it traps it and exits at once."""
@@ -128,3 +128,22 @@ def test_restart_runs_the_container_again_in_a_new_vm(hyper: Hyper) -> None:
     listed = hyper("ps", "--filter", "name=again", "--format", "{{.Names}} {{.State}}")
     assert listed.stdout == "again running\n"
     assert hyper("rm", "-f", "again").returncode == 0
+
+
+def test_create_rename_and_container_prune(make_daemon: DaemonFactory) -> None:
+    daemon = make_daemon()  # a daemon of its own: prune removes every stopped container it has
+    created = daemon.hyper("create", "--name", "made", "busybox", "echo", "hello")
+    assert created.returncode == 0, created.stderr
+    assert ps_row(daemon.hyper("ps", "-a").stdout, "made").split()[-2] == "Created"
+    assert daemon.hyper("rename", "made", "renamed").returncode == 0
+    started = daemon.hyper("start", "renamed")
+    assert (started.returncode, started.stdout) == (0, "renamed\n"), started.stderr
+    assert daemon.hyper("wait", "renamed").stdout == "0\n"
+    assert daemon.hyper("logs", "renamed").stdout == "hello\n"
+    running = daemon.hyper("run", "-d", "--name", "busy", "busybox", "sleep", "600")
+    assert running.returncode == 0, running.stderr
+    pruned = daemon.hyper("container", "prune", "-f")
+    assert pruned.returncode == 0, pruned.stderr
+    assert lines(pruned.stdout)[:2] == ["Deleted Containers:", created.stdout.strip()]
+    assert daemon.hyper("ps", "-a", "--format", "{{.Names}}").stdout == "busy\n"  # the running one stays
+    assert daemon.hyper("rm", "-f", "busy").returncode == 0

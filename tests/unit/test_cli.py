@@ -736,3 +736,22 @@ def test_restart_stops_then_starts(hyperd: FakeHyperd) -> None:
     assert (result.exit_code, result.stdout) == (0, "web\n"), result.stderr
     assert [(r.method, r.path, r.query) for r in hyperd.requests] == [
         ("POST", "/containers/web/stop", {"t": "3"}), ("POST", "/containers/web/start", {})]
+
+
+def test_create_prints_the_id_and_starts_nothing(hyperd: FakeHyperd) -> None:
+    hyperd.on("POST", "/containers/create", Reply(201, {"Id": CID, "Warnings": []}))
+    result = hyper(hyperd, "create", "--name", "web", "-e", "A=b", "busybox", "sleep", "9")
+    assert (result.exit_code, result.stdout) == (0, f"{CID}\n"), result.stderr
+    [create] = hyperd.seen("POST", "/containers/create")
+    assert create.query == {"name": "web"} and create.json["Cmd"] == ["sleep", "9"] and create.json["Env"] == ["A=b"]
+    assert [r.path for r in hyperd.requests] == ["/containers/create"]
+
+
+def test_rename_and_container_prune(hyperd: FakeHyperd) -> None:
+    hyperd.on("POST", "/containers/old/rename", Reply(204))
+    hyperd.on("POST", "/containers/prune", Reply(200, {"ContainersDeleted": [CID], "SpaceReclaimed": 2048}))
+    renamed = hyper(hyperd, "rename", "old", "new")
+    assert (renamed.exit_code, renamed.stdout) == (0, ""), renamed.stderr
+    assert hyperd.seen("POST", "/containers/old/rename")[0].query == {"name": "new"}
+    pruned = hyper(hyperd, "container", "prune", "-f")
+    assert (pruned.exit_code, pruned.stdout) == (0, f"Deleted Containers:\n{CID}\n\nTotal reclaimed space: 2.05kB\n")

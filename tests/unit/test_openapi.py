@@ -255,6 +255,8 @@ async def test_errors_match_the_error_schema(spec: dict[str, Any], client: Clien
         ("POST", "/containers/{id}/start", {}, None, 500),
         ("POST", "/images/import", {"repo": "Not/Lowercase"}, b"", 400),
         ("GET", "/containers/{id}/export", {}, None, 409),
+        ("POST", "/containers/{id}/rename", {}, None, 400),
+        ("POST", "/containers/{id}/rename", {"name": "bad name"}, None, 400),
     ]
     for method, path, params, body, status in cases:
         ref = "nobody" if status == 404 and "{id}" in path else "one"
@@ -344,3 +346,19 @@ async def test_image_errors_match_the_error_schema(spec: dict[str, Any], client:
     response = await client.post("/images/load", data=b"not a tar archive")
     assert response.status == 400, await response.text()
     await check(spec, response, "POST", "/images/load")
+
+
+async def test_rename_and_prune(spec: dict[str, Any], client: Client) -> None:
+    await client.post("/images/import", params={"repo": "tiny"}, data=rootfs())
+    created = await (await client.post("/containers/create", params={"name": "old"},
+                                       json={"Image": "tiny", "Cmd": ["true"]})).json()
+    await client.post("/containers/create", params={"name": "taken"}, json={"Image": "tiny", "Cmd": ["true"]})
+    assert (await client.post("/containers/old/rename", params={"name": "new"})).status == 204
+    assert (await (await client.get("/containers/new/json")).json())["Name"] == "/new"
+    conflict = await client.post("/containers/new/rename", params={"name": "taken"})
+    assert conflict.status == 409
+    await check(spec, conflict, "POST", "/containers/{id}/rename")
+    pruned = await client.post("/containers/prune")
+    body = await check(spec, pruned, "POST", "/containers/prune")
+    assert created["Id"] in body["ContainersDeleted"] and len(body["ContainersDeleted"]) == 2
+    assert await (await client.get("/containers/json", params={"all": "1"})).json() == []
