@@ -96,30 +96,33 @@ def lookup(config_dir: Path, registry: str) -> Login | None:
 def save(config_dir: Path, registry: str, login: Login) -> Path:
     """Remember ``login`` for ``registry``; other entries and keys of the file are kept."""
     document = _read(config_dir / FILE)
-    auths = document.get("auths")
-    if not isinstance(auths, dict):
-        auths = document["auths"] = {}
+    # An entry under another spelling of the same registry would shadow the new one.
+    auths = _without(document, registry)
     token = base64.b64encode(f"{login.username}:{login.password}".encode()).decode()
-    wanted = key(registry)
-    for name in [name for name in auths if key(name) == wanted]:
-        del auths[name]  # an entry under another spelling of the same registry would shadow the new one
-    auths[wanted] = {"auth": token}
+    auths[key(registry)] = {"auth": token}
     return _write(config_dir, document)
 
 
 def forget(config_dir: Path, registry: str) -> bool:
     """Remove the saved login for ``registry``; False if there was none."""
     document = _read(config_dir / FILE)
-    auths = document.get("auths")
-    wanted = key(registry)
-    names = [name for name in auths if key(name) == wanted] if isinstance(auths, dict) else []
-    if not names:
+    before = document.get("auths")
+    count = len(before) if isinstance(before, dict) else 0
+    if len(_without(document, registry)) == count:
         return False
-    assert isinstance(auths, dict)
-    for name in names:
-        del auths[name]
     _write(config_dir, document)
     return True
+
+
+def _without(document: dict[str, Any], registry: str) -> dict[str, Any]:
+    """The document's ``auths`` (made if missing) with every entry for ``registry``, however spelled, removed."""
+    auths = document.get("auths")
+    if not isinstance(auths, dict):
+        auths = document["auths"] = {}
+    wanted = key(registry)
+    for name in [name for name in auths if key(name) == wanted]:
+        del auths[name]
+    return auths
 
 
 def _write(config_dir: Path, document: dict[str, Any]) -> Path:

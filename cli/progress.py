@@ -41,8 +41,9 @@ def messages(lines: Iterable[bytes]) -> Iterable[dict[str, Any]]:
         if not isinstance(message, dict):
             raise HyperError("hyperd sent a malformed progress message")
         detail = message.get("errorDetail")
-        if message.get("error") or (isinstance(detail, dict) and detail.get("message")):
-            raise HyperError(str(message.get("error") or detail["message"]))  # type: ignore[index]
+        error = message.get("error") or (detail.get("message") if isinstance(detail, dict) else None)
+        if error:
+            raise HyperError(str(error))
         yield message
 
 

@@ -28,9 +28,17 @@ from dataclasses import dataclass, replace
 from typing import IO, Any, BinaryIO
 
 from hyperd.image import CorruptBlob, ImageError, InvalidArchive, InvalidLayer, InvalidReference
-from hyperd.image.layers import MALFORMED, Compression, DigestReader, validate_layer
+from hyperd.image.layers import MALFORMED, Compression, DigestReader, check_layer
 from hyperd.image.reference import DOCKER_HUB, split_domain
-from hyperd.image.registry import GZIP_LAYERS, OCI_INDEX, TAR_LAYERS, Platform, _descriptor, select_platform
+from hyperd.image.registry import (
+    LAYER_COMPRESSION,
+    OCI_INDEX,
+    TAR_LAYERS,
+    ZSTD_LAYERS,
+    Platform,
+    parse_descriptor,
+    select_platform,
+)
 from hyperd.image.store import (
     CONFIG,
     LAYER_GZIP,
@@ -50,7 +58,6 @@ MAX_JSON = 8 << 20
 MAX_MEMBERS = 1 << 16
 """Members of an archive; Docker writes at most four per layer of each image."""
 LAYER_TAR = TAR_LAYERS[0]
-LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 NAME_ANNOTATION = "io.containerd.image.name"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 
@@ -59,9 +66,7 @@ _MAX_LINKS = 8
 _MAX_NESTING = 4
 _BLOB = re.compile(r"blobs/sha256/([0-9a-f]{64})")
 # Compressions with an OCI media type: such layers are stored as given.
-_MEDIA_TYPES = {Compression.NONE: LAYER_TAR, Compression.GZIP: LAYER_GZIP, Compression.ZSTD: LAYER_ZSTD}
-_COMPRESSIONS = {**dict.fromkeys(TAR_LAYERS, Compression.NONE), **dict.fromkeys(GZIP_LAYERS, Compression.GZIP),
-                 LAYER_ZSTD: Compression.ZSTD}
+_MEDIA_TYPES = {Compression.NONE: LAYER_TAR, Compression.GZIP: LAYER_GZIP, Compression.ZSTD: ZSTD_LAYERS[0]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,12 +385,12 @@ class _Loader:
             self.add(manifest, config, layers, [] if name is None else [name])
 
     def oci_layer(self, descriptor: object, what: str, base: bool, diff_id: str) -> _Content:
-        digest, size, media_type = _descriptor(descriptor, what)
-        if media_type not in _COMPRESSIONS:
+        digest, size, media_type = parse_descriptor(descriptor, what)
+        if media_type not in LAYER_COMPRESSION:
             raise InvalidArchive(f"{what} has the unsupported media type {media_type!r}")
         name, member = self.members.resolve(_member(digest), what)
         content = _checked(name, self.layer(name, member, base=base), diff_id)
-        if content.compression is not _COMPRESSIONS[media_type]:
+        if content.compression is not LAYER_COMPRESSION[media_type]:
             raise _bad(name, f"its content is {content.compression.name.lower()}, not {media_type}")
         if content.member_size != size:
             raise _bad(name, f"has {content.member_size} bytes, its descriptor {size}")
@@ -394,7 +399,7 @@ class _Loader:
 
     def blob(self, descriptor: object, what: str) -> tuple[str, bytes]:
         """A small blob a descriptor points to, checked against its digest and size."""
-        digest, size, _ = _descriptor(descriptor, what)
+        digest, size, _ = parse_descriptor(descriptor, what)
         name, data = self.members.read(_member(digest), what)
         if len(data) != size:
             raise _bad(name, f"has {len(data)} bytes, its descriptor {size}")
@@ -430,13 +435,9 @@ class _Loader:
                 # bzip2 and xz, which Docker accepts, have no OCI media type: their tar is stored.
                 keep = compression in _MEDIA_TYPES
                 given = DigestReader(whole, copy=staged.write if keep else None)
-                plain = DigestReader(compression.open(io.BufferedReader(given, _CHUNK)),
-                                     copy=None if keep else staged.write)
-                validate_layer(io.BufferedReader(plain, _CHUNK), base=base)
-                plain.drain()
+                plain = check_layer(io.BufferedReader(given, _CHUNK), compression, base=base,
+                                    copy=None if keep else staged.write)
                 given.drain()
-            except MALFORMED as err:
-                raise InvalidLayer(f"not a valid tar archive: {err} (in {_where(name)})") from err
             except InvalidLayer as err:
                 raise InvalidLayer(f"{err.reason} (in {_where(name)})", err.entry) from err
             _check_name(name, given.digest)

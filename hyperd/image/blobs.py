@@ -27,7 +27,8 @@ from typing import BinaryIO
 from hyperd.image import CorruptBlob
 from hyperd.image.disk import fsync_dir
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+"""A digest hyper accepts: sha256, lower-case hex."""
 _CHUNK = 1 << 20
 PARTIAL = ".partial-"
 
@@ -105,7 +106,7 @@ class Blobs:
 
     def path(self, digest: str) -> Path:
         # Digests will come from manifests and URLs: never let one name another path.
-        if not _DIGEST.fullmatch(digest):
+        if not DIGEST.fullmatch(digest):
             raise CorruptBlob(digest, "not a sha256 digest")
         return self.dir / digest[7:]
 
@@ -229,4 +230,4 @@ def _alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["Blobs", "Staged", "remove_stale"]
+__all__ = ["DIGEST", "Blobs", "Staged", "remove_stale"]

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
-from hyperd.image import ImageError, InvalidLayer
+from hyperd.image import ImageError
 from hyperd.image.blobs import Staged
-from hyperd.image.layers import MALFORMED, Compression, DigestReader, validate_layer
+from hyperd.image.layers import Compression, check_layer
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -46,12 +46,7 @@ def _inspect(source: BinaryIO, compression: Compression, base: bool) -> tuple[st
 
     ``base``: the layer is the image's bottom one (see ``validate_layer``).
     """
-    try:
-        plain = DigestReader(compression.open(source))
-        validate_layer(io.BufferedReader(plain, CHUNK), base=base)
-        plain.drain()  # the diff_id covers what follows the end-of-archive marker too
-    except MALFORMED as err:
-        raise InvalidLayer(f"not a valid tar archive: {err}") from err
+    plain = check_layer(source, compression, base=base)
     return plain.digest, plain.size
 
 

@@ -248,6 +248,23 @@ class _Zstd(io.RawIOBase):
         return size
 
 
+def check_layer(stream: BinaryIO, compression: Compression, *, base: bool,
+                copy: Callable[[bytes], object] | None = None) -> DigestReader:
+    """Read a layer to its very end, its tar validated (``validate_layer``) on the way.
+
+    The returned reader holds the uncompressed tar's digest (the diff_id, which covers what
+    follows the end-of-archive marker too) and size; ``copy`` gets the uncompressed bytes.
+    A tar or compression that is malformed is InvalidLayer, like an unsafe entry.
+    """
+    try:
+        plain = DigestReader(compression.open(stream), copy=copy)
+        validate_layer(io.BufferedReader(plain, _COPY_CHUNK), base=base)
+        plain.drain()
+    except MALFORMED as err:
+        raise InvalidLayer(f"not a valid tar archive: {err}") from err
+    return plain
+
+
 def decompress(stream: Readable) -> Readable:
     """The tar inside ``stream``: plain, gzip, bzip2, xz or zstd."""
     kind, whole = Compression.sniff(stream)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import ipaddress
 import json
 import logging
@@ -39,10 +38,11 @@ import aiohttp
 from yarl import URL
 
 from hyperd.image import ImageError, ManifestUnknown, RegistryError
+from hyperd.image.blobs import DIGEST
 from hyperd.image.download import CHUNK, Download, Progress, disk_error, inspect_blob
 from hyperd.image.layers import Compression
 from hyperd.image.reference import HUB_ALIASES, server_host, split_domain
-from hyperd.image.store import Image, ImageStore, Layer, Reference, parse_reference
+from hyperd.image.store import Image, ImageStore, Layer, Reference, digest_of, parse_reference
 
 if TYPE_CHECKING:
     pass
@@ -79,7 +79,6 @@ TOKEN_LIFETIME = 60
 
 DOCKER_HUB_API = "registry-1.docker.io"
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _PARAM = re.compile(r'\s*([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*(?:,|$)')
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 
@@ -250,15 +249,11 @@ def is_insecure(host: str, insecure: Sequence[str]) -> bool:
     return False
 
 
-def _digest(data: bytes) -> str:
-    return f"sha256:{hashlib.sha256(data).hexdigest()}"
-
-
-def _descriptor(value: object, what: str) -> tuple[str, int, str]:
+def parse_descriptor(value: object, what: str) -> tuple[str, int, str]:
     if not isinstance(value, dict):
         raise ImageError(f"manifest: {what} is not a descriptor")
     digest, size, media_type = value.get("digest"), value.get("size"), value.get("mediaType")
-    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
         raise ImageError(f"manifest: {what} has an unsupported digest {digest!r} (only sha256)")
     if not isinstance(size, int) or size < 0:
         raise ImageError(f"manifest: {what} has no valid size")
@@ -544,8 +539,8 @@ class Registry:
             header_type = response.content_type
             claimed = response.headers.get("Docker-Content-Digest", "")
             data = await self._bounded(response, MAX_MANIFEST, f"manifest {name}")
-            digest = _digest(data)
-            expected = reference if reference.startswith("sha256:") else claimed if _DIGEST.fullmatch(claimed) else ""
+            digest = digest_of(data)
+            expected = reference if reference.startswith("sha256:") else claimed if DIGEST.fullmatch(claimed) else ""
             if expected and digest != expected:
                 raise RegistryError(f"registry {self.host} sent a manifest for {repository}@{expected} whose "
                                     f"content hashes to {digest}", registry=self.host,
@@ -582,9 +577,9 @@ class Registry:
             if response.status != 200:
                 raise await self._fail(response, f"{repository}@{digest}")
             data = await self._bounded(response, limit, f"blob {digest}")
-            if _digest(data) != digest:
+            if digest_of(data) != digest:
                 raise RegistryError(f"registry {self.host} sent blob {digest} whose content hashes to "
-                                    f"{_digest(data)}", registry=self.host)
+                                    f"{digest_of(data)}", registry=self.host)
             return data
         return await self._call(attempt)
 
@@ -700,17 +695,17 @@ async def _pull(store: ImageStore, registry: Registry, ref: Reference, repositor
     report(f"Pulling from {repository}", wanted)
     data, media_type, top = await registry.manifest(repository, wanted)
     if media_type in (OCI_INDEX, DOCKER_LIST):
-        digest, _, _ = _descriptor(select_platform(json.loads(data), platform), f"{platform} manifest")
+        digest, _, _ = parse_descriptor(select_platform(json.loads(data), platform), f"{platform} manifest")
         data, media_type, _ = await registry.manifest(repository, digest)
         if media_type not in (OCI_MANIFEST, DOCKER_MANIFEST):
             raise RegistryError(f"registry {registry.host}: {repository}@{digest} is not an image manifest",
                                 registry=registry.host)
     manifest = json.loads(data)
-    config_digest, _, _ = _descriptor(manifest.get("config"), "config")
+    config_digest, _, _ = parse_descriptor(manifest.get("config"), "config")
     descriptors = manifest.get("layers")
     if not isinstance(descriptors, list) or not descriptors:
         raise ImageError(f"manifest of {ref}: no layers")
-    wanted_layers = [_descriptor(item, f"layer {index}") for index, item in enumerate(descriptors)]
+    wanted_layers = [parse_descriptor(item, f"layer {index}") for index, item in enumerate(descriptors)]
     for _, _, layer_type in wanted_layers:
         if layer_type not in LAYER_COMPRESSION:
             raise ImageError(f"unsupported layer media type {layer_type!r}")

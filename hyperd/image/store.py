@@ -49,10 +49,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hyperd.image import CorruptBlob, ImageError, ImageInUse, ImageNotFound, InvalidLayer, InvalidReference
+from hyperd.image import CorruptBlob, ImageError, ImageInUse, ImageNotFound, InvalidReference
 from hyperd.image import disk as disks
 from hyperd.image.blobs import Blobs, remove_stale
-from hyperd.image.layers import MALFORMED, Compression, DigestReader, validate_layer
+from hyperd.image.layers import Compression, DigestReader, check_layer
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -64,7 +64,6 @@ DB_BUSY_MS = 5000
 # remove()'s default: no container uses any image (read-only, unlike a {} default).
 _NO_USERS: Mapping[str, bool] = types.MappingProxyType({})
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]{64}")
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)?", re.IGNORECASE)
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
@@ -381,23 +380,16 @@ class ImageStore:
         created = (created or datetime.now(UTC)).astimezone(UTC)
         with self.blobs.staging() as layer_blob:
             # One pass over the input: validate the tar while hashing it and writing the blob.
-            try:
-                compression, whole = Compression.sniff(tar)
-                if compression is Compression.GZIP:
-                    # Already gzip: store it as given; recompressing would cost most of the import's time.
-                    given = DigestReader(whole, copy=layer_blob.write)
-                    plain = DigestReader(compression.open(io.BufferedReader(given, 1 << 16)))
-                    validate_layer(io.BufferedReader(plain, 1 << 16), base=True)
-                    plain.drain()
-                    given.drain()
-                else:
-                    with gzip.GzipFile(fileobj=layer_blob, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,
-                                       filename="") as compressed:
-                        plain = DigestReader(compression.open(whole), copy=compressed.write)
-                        validate_layer(io.BufferedReader(plain, 1 << 16), base=True)
-                        plain.drain()
-            except MALFORMED as err:
-                raise InvalidLayer(f"not a valid tar archive: {err}") from err
+            compression, whole = Compression.sniff(tar)
+            if compression is Compression.GZIP:
+                # Already gzip: store it as given; recompressing would cost most of the import's time.
+                given = DigestReader(whole, copy=layer_blob.write)
+                plain = check_layer(io.BufferedReader(given, 1 << 16), compression, base=True)
+                given.drain()
+            else:
+                with gzip.GzipFile(fileobj=layer_blob, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,
+                                   filename="") as compressed:
+                    plain = check_layer(whole, compression, base=True, copy=compressed.write)
             layer = Layer(plain.digest, layer_blob.digest, LAYER_GZIP, layer_blob.size, plain.size)
             config_json = canonical_json({
                 "architecture": _ARCHITECTURES.get(platform.machine(), platform.machine()),
