@@ -363,6 +363,30 @@ class Client:
 
     # System
 
+    # Networks
+
+    def networks(self) -> Any:
+        return self.call("GET", "/networks")
+
+    def network(self, name: str) -> Any:
+        return self.call("GET", f"/networks/{_ident(name)}")
+
+    def create_network(self, config: dict[str, Any]) -> Any:
+        return self.call("POST", "/networks/create", body=config)
+
+    def remove_network(self, name: str) -> None:
+        self.call("DELETE", f"/networks/{_ident(name)}")
+
+    def connect_network(self, network: str, container: str, endpoint: dict[str, Any]) -> None:
+        self.call("POST", f"/networks/{_ident(network)}/connect",
+                  body={"Container": container, "EndpointConfig": endpoint})
+
+    def prune_networks(self) -> Any:
+        return self.call("POST", "/networks/prune")
+
+    def disconnect_network(self, network: str, container: str) -> None:
+        self.call("POST", f"/networks/{_ident(network)}/disconnect", body={"Container": container})
+
     def info(self) -> Any:
         return self.call("GET", "/info")
 

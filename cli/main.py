@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from cli import images
+from cli import images, network
 from cli.common import connect, each, inspect_each, say, then_echo
 from cli.errors import EXIT_DAEMON, HyperError
 
@@ -147,6 +147,24 @@ def _container_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--storage-opt", "storage_opts", multiple=True, metavar="size=SIZE",
                      help="Give the container a writable disk of its own of SIZE (512M, 2G): a hard limit, kept "
                           "across restarts."),
+        click.option("-h", "--hostname", default="", metavar="NAME", help="The container's host name."),
+        click.option("--network", "--net", "network", default="", metavar="NETWORK",
+                     help="Connect to NETWORK: bridge (default), a network of 'hyper network create', none, "
+                          "or user (QEMU user-mode networking)."),
+        click.option("--network-alias", "--net-alias", "aliases", multiple=True, metavar="NAME",
+                     help="Another name other pods of the network resolve (repeatable)."),
+        click.option("--ip", default="", metavar="IPV4", help="The address on a user-created network."),
+        click.option("--mac-address", "mac", default="", metavar="MAC", help="The MAC address (02:42:ac:11:00:02)."),
+        click.option("-p", "--publish", multiple=True, metavar="[IP:][HOST:]PORT[/PROTO]",
+                     help="Publish a container port on the host; ranges allowed (repeatable)."),
+        click.option("-P", "--publish-all", is_flag=True, help="Publish every exposed port on a free host port."),
+        click.option("--expose", multiple=True, metavar="PORT[/PROTO]", help="Expose a port (for -P) (repeatable)."),
+        click.option("--dns", multiple=True, metavar="IP", help="A DNS server for the container (repeatable)."),
+        click.option("--dns-search", multiple=True, metavar="DOMAIN", help="A DNS search domain (repeatable)."),
+        click.option("--dns-option", "dns_options", multiple=True, metavar="OPTION",
+                     help="A resolv.conf option (repeatable)."),
+        click.option("--add-host", "add_hosts", multiple=True, metavar="HOST:IP",
+                     help="Add a line to /etc/hosts (repeatable)."),
         click.argument("image"),
         click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[COMMAND] [ARG]..."),
     ]
@@ -169,7 +187,19 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
         "User": settings["user"],
         "AutoRemove": settings["auto_remove"],
         "StorageOpt": _options(settings["storage_opts"], "--storage-opt"),
+        "Hostname": settings["hostname"],
+        "NetworkMode": settings["network"],
+        "PortBindings": network.port_bindings(settings["publish"]),
+        "PublishAllPorts": settings["publish_all"],
+        "ExposedPorts": {(port if "/" in port else f"{port}/tcp"): {} for port in settings["expose"]},
+        "Dns": list(settings["dns"]),
+        "DnsSearch": list(settings["dns_search"]),
+        "DnsOptions": list(settings["dns_options"]),
+        "ExtraHosts": list(settings["add_hosts"]),
     }
+    endpoint = network.endpoint_config(settings["aliases"], settings["ip"], settings["mac"])
+    if endpoint:
+        config["NetworkingConfig"] = {"EndpointsConfig": {settings["network"] or "default": endpoint}}
     client = connect(host)
     created = _create(client, config, name, pull_policy, platform)
     for warning in created.get("Warnings") or ():
@@ -255,7 +285,7 @@ def ps(host: str, show_all: bool, quiet: bool, last: int, latest: bool, filters:
         for row in rows:
             click.echo(row["ID"])
         return
-    fmt = fmt or "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Names}}"
+    fmt = fmt or "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
     for line in template.render(fmt, rows, PS_HEADERS):
         click.echo(line)
 
@@ -279,6 +309,7 @@ def _container_rows(containers: list[dict[str, Any]], no_trunc: bool) -> list[di
             "CreatedAt": images.local_time(created) if isinstance(created, int | float) else "",
             "Status": c.get("Status") or "",
             "State": c.get("State") or "",
+            "Ports": network.port_text(c.get("Ports") or []),
             "Names": ",".join(name.lstrip("/") for name in c.get("Names") or ()),
         })
     return rows
@@ -507,6 +538,8 @@ def prune(host: str, force: bool) -> None:
 
 for _command in images.TOP_LEVEL:
     cli.add_command(_command)
+cli.add_command(network.port)
+cli.add_command(network.network)
 
 
 @cli.group("container")
@@ -516,7 +549,7 @@ def container_group() -> None:
 
 for _name, _command in {"ls": ps, "ps": ps, "create": create, "run": run, "start": start, "stop": stop,
                         "restart": restart, "kill": kill, "rm": rm, "wait": wait, "logs": logs, "rename": rename,
-                        "export": export, "prune": prune}.items():
+                        "export": export, "prune": prune, "port": network.port}.items():
     container_group.add_command(_command, _name)
 container_group.add_command(inspect, "inspect")
 

@@ -36,6 +36,7 @@ from hyperd.image import (
     registry,
 )
 from hyperd.image.store import Image
+from hyperd.network import Network, NetworkRequest, ports
 from hyperd.state import Container, ContainerState, parse_signal, signal_name
 from hyperstart.protocol import VERSIONS
 
@@ -132,6 +133,8 @@ def _summary(container: Container) -> dict[str, Any]:
         "Created": int(container.created),
         "State": str(container.state),
         "Status": _status(container),
+        "Ports": container.ports,
+        "HostConfig": {"NetworkMode": container.spec.network_mode},
     }
 
 
@@ -164,9 +167,89 @@ def _inspect(container: Container) -> dict[str, Any]:
             "Labels": dict(spec.labels),
             "StopSignal": signal_name(spec.stop_signal),
             "ExposedPorts": {port: {} for port in spec.exposed_ports},
+            "Hostname": spec.hostname or container.id[:12],
         },
         "HostConfig": {"AutoRemove": spec.autoremove,
-                       "StorageOpt": {"size": str(spec.storage_size)} if spec.storage_size else {}},
+                       "StorageOpt": {"size": str(spec.storage_size)} if spec.storage_size else {},
+                       "NetworkMode": spec.network_mode, "PortBindings": _bindings(spec.ports),
+                       "PublishAllPorts": spec.publish_all, "Dns": list(spec.dns), "DnsSearch": list(spec.dns_search),
+                       "DnsOptions": list(spec.dns_options), "ExtraHosts": list(spec.extra_hosts)},
+        "NetworkSettings": _network_settings(container),
+    }
+
+
+def _bindings(bindings: tuple[ports.PortBinding, ...]) -> dict[str, list[dict[str, str]]]:
+    """Docker's PortBindings: ``{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}``."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for b in bindings:
+        host_port = f"{b.host_port}-{b.host_port_end}" if b.host_port_end else str(b.host_port or "")
+        found.setdefault(b.key, []).append({"HostIp": b.host_ip, "HostPort": host_port})
+    return found
+
+
+def _network_settings(container: Container) -> dict[str, Any]:
+    published: dict[str, list[dict[str, str]] | None] = {port: None for port in container.spec.exposed_ports}
+    for port in container.ports:
+        key = f"{port['PrivatePort']}/{port['Type']}"
+        published[key] = [*(published.get(key) or []), {"HostIp": port["IP"], "HostPort": str(port["PublicPort"])}]
+    first: dict[str, Any] = next(iter(container.networks.values()), {})
+    return {"Ports": published, "Networks": container.networks, "IPAddress": first.get("IPAddress", ""),
+            "IPPrefixLen": first.get("IPPrefixLen", 0), "Gateway": first.get("Gateway", ""),
+            "MacAddress": first.get("MacAddress", "")}
+
+
+def _parse_bindings(value: Any) -> tuple[ports.PortBinding, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise errors.InvalidArgument("PortBindings must be an object of port: [bindings]")
+    found: list[ports.PortBinding] = []
+    for key, entries in value.items():
+        container_port, _, protocol = str(key).partition("/")
+        for entry in entries or [{}]:
+            if not isinstance(entry, dict):
+                raise errors.InvalidArgument(f"PortBindings[{key!r}] must be a list of objects")
+            host_ip, host_port = str(entry.get("HostIp") or ""), str(entry.get("HostPort") or "")
+            host = f"[{host_ip}]" if ":" in host_ip else host_ip
+            spec = f"{host}:{host_port}:{container_port}" if host_ip else f"{host_port}:{container_port}"
+            found += ports.parse(f"{spec}/{protocol or 'tcp'}")
+    return tuple(found)
+
+
+def _network_request(body: dict[str, Any]) -> NetworkRequest:
+    def strings(key: str) -> tuple[str, ...]:
+        value = body.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise errors.InvalidArgument(f"{key} must be a list of strings")
+        return tuple(value)
+
+    mode = str(body.get("NetworkMode") or "")
+    endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+    if not isinstance(endpoints, dict) or len(endpoints) > 1:
+        raise errors.InvalidArgument("NetworkingConfig.EndpointsConfig may name one network (connect others "
+                                     "with hyper network connect)")
+    endpoint = next(iter(endpoints.values()), None) or {}
+    aliases = endpoint.get("Aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise errors.InvalidArgument("Aliases must be a list of strings")
+    return NetworkRequest(
+        mode=mode, aliases=tuple(aliases), ip=str((endpoint.get("IPAMConfig") or {}).get("IPv4Address") or ""),
+        mac=str(endpoint.get("MacAddress") or body.get("MacAddress") or ""),
+        ports=_parse_bindings(body.get("PortBindings")), publish_all=bool(body.get("PublishAllPorts")),
+        expose=tuple(str(k) for k in (body.get("ExposedPorts") or {})), hostname=str(body.get("Hostname") or ""),
+        dns=strings("Dns"), dns_search=strings("DnsSearch"), dns_options=strings("DnsOptions"),
+        extra_hosts=strings("ExtraHosts"),
+    )
+
+
+def _network(network: Network, members: dict[str, str]) -> dict[str, Any]:
+    return {
+        "Name": network.name, "Id": network.id, "Created": _iso(network.created), "Scope": network.scope,
+        "Driver": str(network.driver), "Internal": False, "Labels": network.labels,
+        "IPAM": {"Driver": "default", "Config": [{"Subnet": network.subnet, "Gateway": network.gateway}]
+                 if network.subnet else []},
+        "Options": {"com.docker.network.bridge.name": network.bridge} if network.bridge else {},
+        "Containers": {cid: {"IPv4Address": address} for cid, address in members.items()},
     }
 
 
@@ -213,7 +296,7 @@ async def create_container(request: web.Request) -> web.Response:
         image_ref=body["Image"], name=request.query.get("name"), cmd=strings("Cmd"),
         entrypoint=strings("Entrypoint"), env=strings("Env") or [], workdir=str(body.get("WorkingDir") or ""),
         user=str(body.get("User") or ""), autoremove=bool(body.get("AutoRemove")),
-        storage_opt=_string_map(body, "StorageOpt"),
+        storage_opt=_string_map(body, "StorageOpt"), network=_network_request(body),
     )
     return web.json_response({"Id": container.id, "Warnings": []}, status=201)
 
@@ -549,6 +632,67 @@ async def login(request: web.Request) -> web.Response:
     return web.json_response({"Status": "Login Succeeded", "IdentityToken": ""})
 
 
+async def list_networks(request: web.Request) -> web.Response:
+    networks = _daemon(request).networks
+    return web.json_response([_network(n, networks.members(n)) for n in networks.list()])
+
+
+async def inspect_network(request: web.Request) -> web.Response:
+    networks = _daemon(request).networks
+    network = networks.get(request.match_info["id"])
+    return web.json_response(_network(network, networks.members(network)))
+
+
+async def create_network(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    if not isinstance(body.get("Name"), str):
+        raise errors.InvalidArgument("a network needs a Name")
+    driver = body.get("Driver") or "bridge"
+    if driver != "bridge":
+        raise errors.InvalidArgument(f"plugin {driver!r} not found: hyper creates bridge networks only")
+    config = ((body.get("IPAM") or {}).get("Config") or [{}])[0]
+    network = await _daemon(request).networks.create(
+        body["Name"], subnet=str(config.get("Subnet") or ""), gateway=str(config.get("Gateway") or ""),
+        labels=_string_map(body, "Labels"))
+    return web.json_response({"Id": network.id, "Warning": ""}, status=201)
+
+
+async def remove_network(request: web.Request) -> web.Response:
+    _daemon(request).networks.remove(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def connect_network(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    config = body.get("EndpointConfig") or {}
+    aliases = config.get("Aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise errors.InvalidArgument("Aliases must be a list of strings")
+    _daemon(request).connect(request.match_info["id"], str(body.get("Container") or ""), tuple(aliases),
+                             str((config.get("IPAMConfig") or {}).get("IPv4Address") or ""))
+    return web.Response(status=200)
+
+
+async def disconnect_network(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    _daemon(request).disconnect(request.match_info["id"], str(body.get("Container") or ""))
+    return web.Response(status=200)
+
+
+async def prune_networks(request: web.Request) -> web.Response:
+    return web.json_response({"NetworksDeleted": _daemon(request).prune_networks()})
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as err:
+        raise errors.InvalidArgument(f"request body is not JSON: {err}") from err
+    if not isinstance(body, dict):
+        raise errors.InvalidArgument("request body must be a JSON object")
+    return body
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/_ping", ping),
@@ -568,6 +712,13 @@ def routes() -> list[web.RouteDef]:
         web.post("/containers/prune", prune_containers),
         web.delete("/containers/{id}", remove_container),
         web.post("/auth", login),
+        web.get("/networks", list_networks),
+        web.post("/networks/create", create_network),
+        web.post("/networks/prune", prune_networks),
+        web.get("/networks/{id}", inspect_network),
+        web.delete("/networks/{id}", remove_network),
+        web.post("/networks/{id}/connect", connect_network),
+        web.post("/networks/{id}/disconnect", disconnect_network),
         web.get("/images/json", list_images),
         web.post("/images/import", import_image),
         web.post("/images/create", pull_image),

@@ -4,7 +4,11 @@ The file (``--config-file``, default ``/etc/hyper/daemon.json`` when it exists) 
 ``daemon.json`` key names for what hyperd shares with dockerd::
 
     {"registry-mirrors": ["https://mirror.example"], "insecure-registries": ["10.0.0.0/8", "reg.lan:5000"],
-     "max-concurrent-downloads": 3}
+     "max-concurrent-downloads": 3, "bip": "172.31.0.1/16", "bridge": "none"}
+
+``bip`` is the default bridge network's gateway address and subnet; ``"bridge": "none"``
+turns the default bridge network off, so containers have no network unless one is asked
+for (dockerd's ``--bridge=none``).
 
 Flags add to the file's lists and override its scalars.  Unknown keys are refused, so a
 typo does not silently leave a setting at its default.
@@ -12,6 +16,7 @@ typo does not silently leave a setting at its default.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Sequence
@@ -25,7 +30,8 @@ DEFAULT_HOST = "unix:///run/hyper/hyperd.sock"
 DEFAULT_ROOT = Path("/var/lib/hyper")
 SHARE = Path("/usr/local/share/hyper")
 DEFAULT_CONFIG_FILE = Path("/etc/hyper/daemon.json")
-FILE_KEYS = {"registry-mirrors", "insecure-registries", "max-concurrent-downloads"}
+FILE_KEYS = {"registry-mirrors", "insecure-registries", "max-concurrent-downloads", "bip", "bridge"}
+DEFAULT_BIP = "172.31.0.1/16"
 
 
 def socket_path(host: str) -> Path:
@@ -51,12 +57,30 @@ class Config:
     insecure_registries: tuple[str, ...] = ()
     """``host[:port]`` or CIDR: registries that may be reached over plain HTTP."""
     max_concurrent_downloads: int = 3
+    bip: str = DEFAULT_BIP
+    """The default bridge network's gateway address with its prefix length."""
+    bridge: bool = True
+    """Whether the default bridge network exists (``--bridge none`` turns it off)."""
 
     @classmethod
     def create(cls, host: str, root: Path, kernel: Path | None, guest_disk: Path | None, *,
                config_file: Path | None = None, registry_mirrors: Sequence[str] = (),
-               insecure_registries: Sequence[str] = (), max_concurrent_downloads: int | None = None) -> Config:
+               insecure_registries: Sequence[str] = (), max_concurrent_downloads: int | None = None,
+               bip: str | None = None, bridge: str | None = None) -> Config:
         settings = _read_file(config_file)
+        bip = bip or settings.get("bip", DEFAULT_BIP)
+        try:
+            gateway = ipaddress.IPv4Interface(bip)
+        except (ValueError, TypeError):
+            raise InvalidArgument(f"bip must be an IPv4 address with a prefix length, like {DEFAULT_BIP}, "
+                                  f"not {bip!r}") from None
+        if gateway.ip in (gateway.network.network_address, gateway.network.broadcast_address) \
+                or gateway.network.prefixlen > 30:
+            raise InvalidArgument(f"bip {bip} must be a host address of a subnet of at least 4 addresses")
+        bridge = bridge or settings.get("bridge", "")
+        if bridge not in ("", "none"):
+            raise InvalidArgument(f"bridge may only be \"none\" (to turn the default bridge network off), "
+                                  f"not {bridge!r}")
         downloads = max_concurrent_downloads or settings.get("max-concurrent-downloads", 3)
         if not isinstance(downloads, int) or isinstance(downloads, bool) or not 1 <= downloads <= 64:
             raise InvalidArgument(f"max-concurrent-downloads must be an integer from 1 to 64, not {downloads!r}")
@@ -69,6 +93,8 @@ class Config:
             registry_mirrors=(*_strings(settings, "registry-mirrors"), *registry_mirrors),
             insecure_registries=(*_strings(settings, "insecure-registries"), *insecure_registries),
             max_concurrent_downloads=downloads,
+            bip=str(gateway),
+            bridge=bridge != "none",
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -29,6 +30,8 @@ from hyperd.guest import AgentClient, ExitEvent, Stream
 from hyperd.image import registry
 from hyperd.image.reference import server_host
 from hyperd.image.store import Image, ImageStore
+from hyperd.network import Endpoint, NetworkRequest, ports
+from hyperd.network.manager import Attachment, Networks, Wiring
 from hyperd.state import Container, ContainerSpec, ContainerState, Database, parse_signal
 from hyperd.vm import Disk, VMSpec
 from hyperd.vm.qemu import Qemu, QemuVM, log_tail
@@ -56,6 +59,7 @@ class Pod:
     vm: QemuVM
     client: AgentClient
     exited: asyncio.Future[ExitEvent]
+    network: Attachment
     stopping: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -66,6 +70,7 @@ class Daemon:
         self.hypervisor = hypervisor
         self.images = images
         self.db = Database(config.root / "hyper.db")
+        self.networks = Networks(config.root / "hyper.db", config.bip, config.bridge)
         self.containers: dict[str, Container] = {}
         self.pods: dict[str, Pod] = {}
         self.subscribers: dict[str, list[Subscriber]] = {}
@@ -96,6 +101,7 @@ class Daemon:
         await asyncio.gather(*(self._stop_pod(cid, 0) for cid in list(self.pods)), return_exceptions=True)
         if self.supervisors:
             await asyncio.wait(self.supervisors, timeout=SHUTDOWN_TIMEOUT * 2)
+        await self.networks.close()
         self.db.close()
 
     def _track(self, container: Container) -> None:
@@ -132,9 +138,10 @@ class Daemon:
 
     def create(self, image_ref: str, name: str | None, cmd: list[str] | None, entrypoint: list[str] | None,
                env: list[str], workdir: str, user: str, autoremove: bool,
-               storage_opt: dict[str, str] | None = None) -> Container:
+               storage_opt: dict[str, str] | None = None, network: NetworkRequest | None = None) -> Container:
         storage_size = storage.parse_options(storage_opt or {})
         image = self.images.resolve(image_ref)
+        wiring = self._network_spec(network or NetworkRequest(), image.config.exposed_ports)
         if name is not None:
             _validate_name(name)
             if any(c.name == name for c in self.containers.values()):
@@ -143,7 +150,7 @@ class Daemon:
             if not item.partition("=")[0]:
                 raise errors.InvalidArgument(f"invalid environment variable {item!r}")
         spec = replace(_resolve_spec(image_ref, image, cmd, entrypoint, env, workdir, user, autoremove),
-                       storage_size=storage_size)
+                       storage_size=storage_size, **wiring)
         if not spec.args:
             raise errors.InvalidArgument("no command specified")
         if len(json.dumps([spec.args, spec.env, spec.workdir, spec.user])) > MAX_PROCESS_SPEC:
@@ -152,6 +159,88 @@ class Daemon:
         self.db.save(container)
         self._track(container)
         return container
+
+    def _network_spec(self, request: NetworkRequest, image_exposed: tuple[str, ...]) -> dict[str, Any]:
+        """The network fields of a container's spec, checked now so that ``start`` cannot fail on them."""
+        mode = request.mode or self.networks.default_mode
+        if mode == "default":
+            mode = self.networks.default_mode
+        if mode == "host":
+            raise errors.InvalidArgument("--network host is not possible in hyper: each pod has its own kernel and "
+                                         "network stack (publish ports with -p instead)")
+        exposed = tuple(dict.fromkeys((*image_exposed, *request.expose)))
+        bindings = [*request.ports, *(ports.exposed(exposed) if request.publish_all else [])]
+        endpoints: tuple[Endpoint, ...] = ()
+        if mode in ("none", "user"):
+            if mode == "none" and bindings:
+                raise errors.InvalidArgument("conflicting options: port publishing and the container type "
+                                             "network mode (--network none)")
+            if request.aliases or request.ip:
+                raise errors.InvalidArgument(f"--network-alias and --ip need a bridge network, not {mode}")
+        else:
+            endpoint = self.networks.endpoint(mode, request.aliases, request.ip, request.mac)
+            mode = self.networks.get(endpoint.network).name
+            endpoints = (endpoint,)
+        hostname = request.hostname
+        if hostname and (len(hostname) > 63 or not all(p and p.replace("-", "").isalnum() and p[0] != "-"
+                                                         for p in hostname.split("."))):
+            raise errors.InvalidArgument(f"invalid hostname {hostname!r}")
+        for server in request.dns:
+            _check_address(server, "--dns")
+        for entry in request.extra_hosts:
+            name, colon, address = entry.partition(":")
+            if not colon or not name:
+                raise errors.InvalidArgument(f"invalid --add-host {entry!r}: use HOST:IP")
+            _check_address(address, "--add-host")
+        return {"hostname": hostname, "network_mode": mode, "endpoints": endpoints, "ports": tuple(bindings),
+                "publish_all": request.publish_all, "exposed_ports": exposed, "dns": request.dns,
+                "dns_search": request.dns_search, "dns_options": request.dns_options,
+                "extra_hosts": request.extra_hosts}
+
+    def connect(self, network_ref: str, ref: str, aliases: tuple[str, ...], ip: str) -> None:
+        """``network connect``: one more network for a container, from its next start."""
+        container = self.get(ref)
+        if container.state == ContainerState.RUNNING:
+            raise errors.StateError(f"cannot connect running container {container.name}: a pod's network "
+                                    "interfaces are fixed when its VM boots; stop it, connect, and start it")
+        if container.spec.network_mode in ("none", "user"):
+            raise errors.InvalidArgument(f"container {container.name} uses network mode "
+                                         f"{container.spec.network_mode}; it cannot join other networks")
+        endpoint = self.networks.endpoint(network_ref, aliases, ip)
+        if any(e.network == endpoint.network for e in container.spec.endpoints):
+            raise errors.Conflict(f"container {container.name} is already connected to network {network_ref}")
+        container.spec = replace(container.spec, endpoints=(*container.spec.endpoints, endpoint))
+        self.db.save(container)
+
+    def disconnect(self, network_ref: str, ref: str) -> None:
+        container = self.get(ref)
+        network = self.networks.get(network_ref)
+        if container.state == ContainerState.RUNNING:
+            raise errors.StateError(f"cannot disconnect running container {container.name}: a pod's network "
+                                    "interfaces are fixed when its VM boots; stop it first")
+        kept = tuple(e for e in container.spec.endpoints if e.network != network.id)
+        if len(kept) == len(container.spec.endpoints):
+            raise errors.NotFound(f"container {container.name} is not connected to network {network.name}")
+        mode = self.networks.get(kept[0].network).name if kept else "none"
+        container.spec = replace(container.spec, endpoints=kept, network_mode=mode, ports=container.spec.ports
+                                 if kept else ())
+        self.db.save(container)
+
+    def prune_networks(self) -> list[str]:
+        """``docker network prune``: remove the user networks no container is connected to; their names."""
+        used = {e.network for c in self.containers.values() for e in c.spec.endpoints}
+        removed = []
+        for network in self.networks.list():
+            if not network.builtin and network.id not in used:
+                self.networks.remove(network.id)
+                removed.append(network.name)
+        return removed
+
+    def _wiring(self, container: Container) -> Wiring:
+        spec = container.spec
+        return Wiring(container.id, (container.name, container.id[:12], *([spec.hostname] if spec.hostname else [])),
+                      spec.network_mode, spec.endpoints, spec.ports, spec.hostname or container.id[:12],
+                      spec.dns, spec.dns_search, spec.dns_options, spec.extra_hosts)
 
     def rename(self, ref: str, name: str) -> None:
         container = self.get(ref)
@@ -220,8 +309,7 @@ class Daemon:
         """Boot the pod VM and start the container in it; on any failure nothing is left running."""
         image = self.images.resolve(container.spec.image_id)
         disk = await asyncio.to_thread(self.images.disk, image)
-        workdir = self.container_dir(container) / "vm"
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(self.container_dir(container) / "vm", ignore_errors=True)
         serial = f"img{image.id.removeprefix('sha256:')[:16]}"
         disks = [Disk(disk, serial)]
         rootfs: dict[str, Any] = {"disk": serial, "fstype": "erofs"}
@@ -231,9 +319,24 @@ class Daemon:
                 await storage.create(upper, container.spec.storage_size)
             disks.append(Disk(upper, f"upper{container.id[:12]}", readonly=False))
             rootfs["upper"] = {"disk": disks[-1].serial, "fstype": "ext4"}
+        attachment = await self.networks.attach(self._wiring(container))
+        try:
+            pod = await self._launch(container, attachment, disks, rootfs, mark)
+        except BaseException:
+            await self._detach(attachment)
+            raise
+        container.ports = [{"IP": p.host_ip, "PrivatePort": p.container_port, "PublicPort": p.host_port,
+                            "Type": p.protocol} for p in attachment.published]
+        container.networks = attachment.settings()
+        self.pods[container.id] = pod
+        return pod
+
+    async def _launch(self, container: Container, attachment: Attachment, disks: list[Disk],
+                      rootfs: dict[str, Any], mark: Callable[[str], None]) -> Pod:
         spec = VMSpec(
             name=f"hyper-{container.id[:12]}", kernel=self.config.kernel, guest_disk=self.config.guest_disk,
-            workdir=workdir, memory_mib=self.config.memory_mib, disks=tuple(disks),
+            workdir=self.container_dir(container) / "vm", memory_mib=self.config.memory_mib, disks=tuple(disks),
+            nics=tuple(attachment.nics),
         )
         vm = await self.hypervisor.launch(spec)
         mark("vm_spawned")
@@ -247,7 +350,7 @@ class Daemon:
                 exited.set_result(event)
 
         client = AgentClient(vm.agent, on_exit)
-        pod = Pod(vm, client, exited)
+        pod = Pod(vm, client, exited, attachment)
         try:
             await client.start()
             await self._await_ready(pod, spec)
@@ -259,25 +362,38 @@ class Daemon:
                 "version": info.version, "capabilities": sorted(info.capabilities),
                 "time": time.time(), "entropy": base64.b64encode(os.urandom(64)).decode(),
             })
+            if attachment.interfaces:
+                if "network" not in info.capabilities:
+                    raise errors.GuestError("the guest agent cannot configure networks (a guest disk older than "
+                                            "this hyperd): run with --network none, or update the guest disk")
+                await client.request("network.configure", {"interfaces": attachment.interfaces})
             stdout, stderr = client.open_stream(), client.open_stream()
             pod.tasks = [asyncio.create_task(self._pump(container, 1, stdout)),
                          asyncio.create_task(self._pump(container, 2, stderr))]
             await client.request("container.start", {
                 "id": container.id,
                 "rootfs": rootfs,
-                "hostname": container.id[:12],
+                "hostname": container.spec.hostname or container.id[:12],
+                "files": attachment.files,
                 "process": {"args": list(container.spec.args), "env": list(container.spec.env),
                             "cwd": container.spec.workdir or "/", "user": container.spec.user},
                 "stdout": stdout.id, "stderr": stderr.id,
             })
             mark("container_started")
+            await self.networks.serve(attachment)
         except BaseException:
             await self._teardown(pod)
             for task in pod.tasks:
                 task.cancel()
             raise
-        self.pods[container.id] = pod
         return pod
+
+    async def _detach(self, attachment: Attachment) -> None:
+        """Give back a pod's network; a failure here is logged, never raised into the pod's end."""
+        try:
+            await self.networks.detach(attachment)
+        except errors.HyperError as err:
+            log.warning("%s", err)
 
     async def _await_ready(self, pod: Pod, spec: VMSpec) -> None:
         ready = asyncio.ensure_future(pod.client.ready())
@@ -365,6 +481,8 @@ class Daemon:
             died.cancel()
             for task in pod.tasks:
                 task.cancel()
+            await self._detach(pod.network)
+            container.ports, container.networks = [], {}
             self.pods.pop(container.id, None)
             container.state = ContainerState.EXITED
             container.finished = time.time()
@@ -617,6 +735,13 @@ def _validate_name(name: str) -> None:
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
     if not name or not name[0].isalnum() or not set(name) <= allowed or len(name) > 128:
         raise errors.InvalidArgument(f'invalid container name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
+
+
+def _check_address(text: str, flag: str) -> None:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise errors.InvalidArgument(f"invalid address {text!r} for {flag}") from None
 
 
 def _reclaim_vm(container: Container) -> None:

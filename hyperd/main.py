@@ -66,6 +66,7 @@ async def serve(config: Config) -> None:
         log.warning("using TCG (software emulation), not KVM: %s", hypervisor.accel.reason)
     daemon = Daemon(config, hypervisor, ImageStore(config.root))
     daemon.recover()
+    await daemon.networks.reclaim()
     # handler_cancellation: a client that goes away ends its attach or logs stream.
     runner = web.AppRunner(application(daemon), access_log=None, handle_signals=False, handler_cancellation=True,
                            shutdown_timeout=5)
@@ -105,10 +106,14 @@ async def serve(config: Config) -> None:
 @click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST[:PORT]|CIDR",
               help="A registry that may be reached over plain HTTP (repeatable).")
 @click.option("--max-concurrent-downloads", "downloads", type=int, help="Layers downloaded at once per pull.")
+@click.option("--bip", metavar="CIDR", help="The default bridge network's gateway address and subnet "
+              "(default 172.31.0.1/16).")
+@click.option("--bridge", type=click.Choice(["none"]), help="'none': no default bridge network.")
 @click.option("--debug", is_flag=True, help="Log debug messages.")
 @click.version_option(__version__, prog_name="hyperd")
 def main(host: str, root: Path, kernel: Path | None, guest: Path | None, config_file: Path | None,
-         mirrors: tuple[str, ...], insecure: tuple[str, ...], downloads: int | None, debug: bool) -> None:
+         mirrors: tuple[str, ...], insecure: tuple[str, ...], downloads: int | None, bip: str | None,
+         bridge: str | None, debug: bool) -> None:
     """The hyper daemon: runs every pod in its own micro-VM."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="hyperd: %(message)s",
                         stream=sys.stderr)
@@ -116,7 +121,8 @@ def main(host: str, root: Path, kernel: Path | None, guest: Path | None, config_
         sys.exit("hyperd: must run as root (it boots VMs and builds root filesystems)")
     try:
         config = Config.create(host, root, kernel, guest, config_file=config_file, registry_mirrors=mirrors,
-                               insecure_registries=insecure, max_concurrent_downloads=downloads)
+                               insecure_registries=insecure, max_concurrent_downloads=downloads, bip=bip,
+                               bridge=bridge)
         config.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = _lock(config.root)
         try:

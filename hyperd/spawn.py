@@ -47,16 +47,16 @@ class Child:
 
 
 async def spawn(argv: Sequence[str], *, log: Path | None = None, capture: bool = False,
-                pass_fds: Sequence[int] = (), env: dict[str, str] | None = None) -> Child:
-    """Start ``argv`` with stdin from /dev/null and stdout/stderr appended to ``log``, or
-    readable from ``child.process.stdout`` with ``capture``, or else discarded."""
+                pass_fds: Sequence[int] = (), env: dict[str, str] | None = None, feed: bool = False) -> Child:
+    """Start ``argv`` with stdin from /dev/null (a pipe with ``feed``) and stdout/stderr appended
+    to ``log``, or readable from ``child.process.stdout`` with ``capture``, or else discarded."""
     argv = [str(a) for a in argv]
     out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the child, closed below
     stdout = out if out else asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if feed else asyncio.subprocess.DEVNULL,
             stdout=stdout,
             stderr=asyncio.subprocess.STDOUT,  # wherever stdout goes, /dev/null included
             env={**MINIMAL_ENV, **(env or {})},
@@ -69,11 +69,11 @@ async def spawn(argv: Sequence[str], *, log: Path | None = None, capture: bool =
     return Child(process, argv)
 
 
-async def run(argv: Sequence[str], *, timeout: float = 60) -> tuple[int, str]:
-    """Run a short command to completion; returns its status and combined output."""
-    child = await spawn(argv, capture=True)
+async def run(argv: Sequence[str], *, timeout: float = 60, input: bytes | None = None) -> tuple[int, str]:
+    """Run a short command to completion, ``input`` on its stdin; returns its status and combined output."""
+    child = await spawn(argv, capture=True, feed=input is not None)
     try:
-        out, _ = await asyncio.wait_for(child.process.communicate(), timeout)
+        out, _ = await asyncio.wait_for(child.process.communicate(input), timeout)
     except TimeoutError:
         child.signal(signal.SIGKILL)
         await child.wait()

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from hyperd.errors import InvalidArgument, StateError, StorageError
+from hyperd.network import Endpoint
+from hyperd.network.ports import PortBinding
 
 
 class ContainerState(enum.StrEnum):
@@ -54,6 +56,16 @@ class ContainerSpec:
     exposed_ports: tuple[str, ...] = ()
     storage_size: int = 0
     """Bytes of the container's own writable disk (``--storage-opt size=``); 0 for a tmpfs in the guest."""
+    hostname: str = ""
+    network_mode: str = "none"
+    """``none``, ``user``, or the name of the bridge network the container joins first."""
+    endpoints: tuple[Endpoint, ...] = ()
+    ports: tuple[PortBinding, ...] = ()
+    publish_all: bool = False
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    extra_hosts: tuple[str, ...] = ()
 
 
 def parse_signal(name: str) -> int:
@@ -101,6 +113,10 @@ class Container:
     finished: float = 0.0
     vm_pid: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    ports: list[dict[str, Any]] = field(default_factory=list)
+    """The ports published for this run, as docker lists them (IP, PrivatePort, PublicPort, Type)."""
+    networks: dict[str, Any] = field(default_factory=dict)
+    """The addresses of this run by network name, as docker's NetworkSettings.Networks."""
 
     def transition(self, target: ContainerState, action: str) -> None:
         if not self.state.allows(target):
@@ -148,7 +164,10 @@ class Database:
 
 def _from_record(record: dict[str, Any]) -> Container:
     spec = record.pop("spec")
-    for key in ("args", "env", "cmd", "entrypoint", "exposed_ports"):
+    for key in ("args", "env", "cmd", "entrypoint", "exposed_ports", "dns", "dns_search", "dns_options",
+                "extra_hosts"):
         spec[key] = tuple(spec.get(key, ()))
+    spec["endpoints"] = tuple(Endpoint(**{**e, "aliases": tuple(e["aliases"])}) for e in spec.get("endpoints", ()))
+    spec["ports"] = tuple(PortBinding(**p) for p in spec.get("ports", ()))
     record["state"] = ContainerState(record["state"])
     return Container(spec=ContainerSpec(**spec), **record)

@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 
-from hyperstart import container, syscalls
+from hyperstart import container, network, syscalls
 from hyperstart.protocol import (
     DATA_CHUNK,
     INITIAL_WINDOW,
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # the guest pays for every import: typing only for the checke
 AGENT_VERSION = "0.1.0"
 MAX_ERROR = 2048
 """Characters of an error message sent to the host (which refuses longer ones)."""
-CAPABILITIES = ("containers", "signals", "stdio", "export")
+CAPABILITIES = ("containers", "signals", "stdio", "export", "network")
 TAR = ("/bin/busybox", "tar")
 
 
@@ -153,6 +153,7 @@ class Agent:
             "init": self.init,
             "container.start": self.start_container,
             "container.export": self.export_container,
+            "network.configure": self.configure_network,
             "signal": self.signal,
             "shutdown": self.shutdown,
         }
@@ -334,6 +335,7 @@ class Agent:
         errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
         null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         try:
+            container.stage_files(box, args.get("files") or {})
             box.pid = container.spawn(box, spec, (null, stdout_w, stderr_w), errors_w)
         except BaseException:
             for fd in (stdout_r, stderr_r, errors_r):
@@ -417,6 +419,15 @@ class Agent:
 
         self.selector.register(err_r, selectors.EVENT_READ, on_errors)
 
+    def configure_network(self, args: dict[str, Any], reply: Reply) -> None:
+        """The pod's interfaces: each found by its MAC, given its address, MTU and (the first) default route."""
+        names = []
+        for interface in args.get("interfaces", []):
+            address, _, prefix = str(interface["address"]).partition("/")
+            names.append(network.configure(str(interface["mac"]), address, int(prefix or 24),
+                                           int(interface.get("mtu", 1500)), str(interface.get("gateway") or "")))
+        reply.ok({"interfaces": names})
+
     def signal(self, args: dict[str, Any], reply: Reply) -> None:
         box = self.containers.get(str(args["id"]))
         if box is None:
@@ -437,6 +448,7 @@ def main(started: float) -> None:
     """Serve until shutdown; ``started`` is the guest uptime at /init's first statement."""
     if os.getpid() == 1:
         mount_basics()
+        network.up_loopback()
     port = os.open(find_port(), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         Agent(port).serve(started)

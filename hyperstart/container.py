@@ -24,6 +24,8 @@ from hyperstart.protocol import exit_status
 RUN = "/run/hyper"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+NAMING_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
+"""The files hyperd writes for each container (docker's), bind-mounted over the image's."""
 FORWARDED = sorted(
     set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD}, key=int,
 )
@@ -57,6 +59,8 @@ class Container:
         self.root = root
         self.hostname = hostname
         self.mounts = mounts
+        self.files: list[tuple[str, str]] = []
+        """(path in the container, staged file in the VM) to bind over the image's."""
         self.pid = 0
 
 
@@ -111,6 +115,30 @@ def assemble(container_id: str, lower: str, disk: tuple[str, str] | None = None)
     return Container(container_id, root, container_id[:12], mounts)
 
 
+def stage_files(container: Container, files: dict[str, str]) -> None:
+    """Write hyperd's /etc/hosts, resolv.conf and hostname for the container, to be bound in at its start."""
+    staged = f"{RUN}/containers/{container.id}/files"
+    os.makedirs(staged, exist_ok=True)
+    for path, content in files.items():
+        if path not in NAMING_FILES:
+            raise StartError(125, f"hyperd may not provide {path!r} (only {', '.join(NAMING_FILES)})")
+        source = f"{staged}/{os.path.basename(path)}"
+        with open(source, "w") as f:
+            f.write(str(content))
+        container.files.append((path, source))
+
+
+def _bind_files(detached: list[tuple[str, int]]) -> None:
+    """Attach the staged files over the image's once inside the container's root, so that a path
+    the image made a symlink resolves within the container, never into the VM."""
+    for path, fd in detached:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        syscalls.move_mount(fd, path)
+        os.close(fd)
+
+
 def release(container: Container) -> None:
     for target in reversed(container.mounts):
         with contextlib.suppress(OSError):
@@ -137,8 +165,9 @@ def _populate_dev(root: str) -> None:
 
 
 def _enter_root(container: Container) -> None:
-    """In the container's fresh mount namespace: its /proc, /sys, /dev, then pivot_root."""
+    """In the container's fresh mount namespace: its /proc, /sys, /dev, then pivot_root, then its files."""
     root = container.root
+    detached = [(path, syscalls.open_tree(source)) for path, source in container.files]
     syscalls.mount("", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     syscalls.mount(root, root, None, syscalls.MS_BIND | syscalls.MS_REC)
     plain = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
@@ -149,6 +178,7 @@ def _enter_root(container: Container) -> None:
     syscalls.pivot_root(".", ".")
     syscalls.umount(".", syscalls.MNT_DETACH)
     os.chdir("/")
+    _bind_files(detached)
 
 
 def _lookup(path: str, name: str, field_index: int) -> tuple[str, ...] | None:

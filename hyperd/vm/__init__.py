@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from hyperd.network.ports import Published
+
 
 @dataclass(frozen=True)
 class Disk:
@@ -16,6 +18,17 @@ class Disk:
     path: Path
     serial: str
     readonly: bool = True
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A network interface for the guest, found there by its MAC: on a tap descriptor the
+    hypervisor receives, or (``tap_fd`` < 0) on the hypervisor's user-mode stack, with its
+    published ports forwarded from the host."""
+
+    mac: str
+    tap_fd: int = -1
+    forwards: tuple[Published, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,7 @@ class VMSpec:
     vcpus: int = 1
     memory_mib: int = 256
     disks: tuple[Disk, ...] = field(default_factory=tuple)
+    nics: tuple[Nic, ...] = field(default_factory=tuple)
 
     @property
     def console_log(self) -> Path:

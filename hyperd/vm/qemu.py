@@ -19,6 +19,7 @@ from qemu.qmp import QMPClient
 
 from hyperd import spawn
 from hyperd.errors import BootFailed, HypervisorMissing
+from hyperd.network import USER_SUBNET
 from hyperd.vm import VMSpec
 from hyperd.vm.accel import Accelerator, probe
 from hyperstart.protocol import PORT_NAME
@@ -167,6 +168,15 @@ class Qemu:
                 "-drive", f"file={path},if=none,id=disk{index},format=raw,readonly={'on' if readonly else 'off'}",
                 "-device", f"virtio-blk-device,drive=disk{index},serial={serial}",
             ]
+        for index, nic in enumerate(spec.nics):
+            if nic.tap_fd >= 0:
+                # vhost-net is not on every host (nor here); QEMU then moves the packets itself.
+                netdev = f"tap,id=net{index},fd={nic.tap_fd},vhost=off"
+            else:
+                netdev = f"user,id=net{index},net={USER_SUBNET}" + "".join(
+                    f",hostfwd={p.protocol}:{'' if p.host_ip == '0.0.0.0' else p.host_ip}:{p.host_port}"
+                    f"-:{p.container_port}" for p in nic.forwards)
+            argv += ["-netdev", netdev, "-device", f"virtio-net-device,netdev=net{index},mac={nic.mac}"]
         argv += [
             "-device", "virtio-serial-device,max_ports=2",
             "-chardev", f"socket,id=agent,fd={agent_fd}",
@@ -181,8 +191,10 @@ class Qemu:
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
         (agent_host, agent_vm), (monitor_host, monitor_vm), (console_host, console_vm) = pairs
         vm_ends = (agent_vm.fileno(), monitor_vm.fileno(), console_vm.fileno())
+        taps = tuple(nic.tap_fd for nic in spec.nics if nic.tap_fd >= 0)
         try:
-            child = await spawn.spawn(self.argv(spec, *vm_ends), log=spec.workdir / "qemu.log", pass_fds=vm_ends)
+            child = await spawn.spawn(self.argv(spec, *vm_ends), log=spec.workdir / "qemu.log",
+                                      pass_fds=vm_ends + taps)
         except BaseException:
             for sock in (agent_host, monitor_host, console_host):
                 sock.close()

@@ -135,6 +135,9 @@ class Daemon:
     env: Mapping[str, str] = field(default_factory=dict)
     socket_path: Path | None = None
     """Default: ``base/hyperd.sock``."""
+    netns: str | None = None
+    """The network namespace hyperd runs in; without one it runs in ours with ``--bridge none``, so that
+    it makes no bridge, tap or rule in the host's namespace."""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -158,7 +161,13 @@ class Daemon:
         argv = [_console_script("hyperd"), "-H", self.host, "--root", str(self.root)]
         if self.kernel is not None:
             argv += ["--kernel", str(self.kernel)]
-        return argv
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else [*argv, "--bridge", "none"]
+
+    def in_netns(self, *argv: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in the daemon's network namespace (where its pods' ports are published)."""
+        assert self.netns, "this daemon has no network namespace of its own"
+        return subprocess.run(["ip", "netns", "exec", self.netns, *argv], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout, check=False)
 
     def import_busybox(self) -> None:
         result = subprocess.run(
@@ -295,17 +304,27 @@ class DaemonFactory:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.made: list[Daemon] = []
+        self.namespaces: list[str] = []
 
     def __call__(self, *, root: Path | None = None, kernel: Path | None = None, socket: Path | None = None,
-                 env: Mapping[str, str] | None = None, start: bool = True) -> Daemon:
+                 env: Mapping[str, str] | None = None, start: bool = True, netns: bool = False) -> Daemon:
         base = self.base / f"hyperd{len(self.made)}"
-        daemon = Daemon(base=base, root=root or base / "root", kernel=kernel, env=dict(env or {}), socket_path=socket)
+        daemon = Daemon(base=base, root=root or base / "root", kernel=kernel, env=dict(env or {}), socket_path=socket,
+                        netns=self._netns() if netns else None)
         self.made.append(daemon)
         if root is None:
             daemon.import_busybox()
         if start:
             daemon.start()
         return daemon
+
+    def _netns(self) -> str:
+        """A network namespace of this test's own, loopback up; deleted at teardown."""
+        name = f"hyper-test-{os.getpid()}-{len(self.namespaces)}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.namespaces.append(name)
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        return name
 
     def close(self) -> None:
         failures = []
@@ -316,6 +335,8 @@ class DaemonFactory:
                 daemon.stop()
             except (AssertionError, pytest.fail.Exception) as err:
                 failures.append(f"{daemon.base}: {err}")
+        for name in self.namespaces:
+            subprocess.run(["ip", "netns", "del", name], check=False)
         if failures:
             pytest.fail("\n".join(failures))
 

@@ -201,8 +201,42 @@ def test_run_detached_prints_the_id(hyperd: FakeHyperd) -> None:
         "User": "",
         "AutoRemove": False,
         "StorageOpt": {},
+        "Hostname": "",
+        "NetworkMode": "",
+        "PortBindings": {},
+        "PublishAllPorts": False,
+        "ExposedPorts": {},
+        "Dns": [],
+        "DnsSearch": [],
+        "DnsOptions": [],
+        "ExtraHosts": [],
     }
     assert len(hyperd.seen("POST", f"/containers/{CID}/start")) == 1
+
+
+def test_run_network_flags_become_dockers_fields(hyperd: FakeHyperd) -> None:
+    created(hyperd)
+    result = hyper(hyperd, "run", "-d", "-p", "8080:80", "-p", "127.0.0.1::53/udp", "-p", "9000-9001:90-91", "-P",
+                   "--expose", "7000", "--network", "front", "--network-alias", "db", "--ip", "10.29.0.9",
+                   "-h", "box", "--dns", "192.0.2.53", "--add-host", "a:192.0.2.1", "busybox", "true")
+    assert result.exit_code == 0, result.stderr
+    body = hyperd.seen("POST", "/containers/create")[0].json
+    assert body["PortBindings"] == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}],
+                                    "53/udp": [{"HostIp": "127.0.0.1", "HostPort": ""}],
+                                    "90/tcp": [{"HostIp": "", "HostPort": "9000"}],
+                                    "91/tcp": [{"HostIp": "", "HostPort": "9001"}]}
+    assert (body["PublishAllPorts"], body["ExposedPorts"]) == (True, {"7000/tcp": {}})
+    assert body["NetworkMode"] == "front"
+    assert body["NetworkingConfig"] == {"EndpointsConfig": {"front": {"Aliases": ["db"],
+                                                                      "IPAMConfig": {"IPv4Address": "10.29.0.9"}}}}
+    assert (body["Hostname"], body["Dns"], body["ExtraHosts"]) == ("box", ["192.0.2.53"], ["a:192.0.2.1"])
+
+
+def test_run_bad_port_is_refused_before_anything_is_made(hyperd: FakeHyperd) -> None:
+    result = hyper(hyperd, "run", "-d", "-p", "80:70000", "busybox", "true")
+    assert result.exit_code == 125
+    assert result.stderr == "hyper: invalid port '70000' in '80:70000': ports are 1-65535\n"
+    assert not hyperd.seen("POST", "/containers/create")
 
 
 def test_run_arguments_after_the_image_are_the_command(hyperd: FakeHyperd) -> None:
@@ -479,6 +513,8 @@ def test_ps_table(hyperd: FakeHyperd) -> None:
                     "Created": now - 5,
                     "State": "running",
                     "Status": "Up 5 seconds",
+                    "Ports": [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
+                              {"IP": "::1", "PrivatePort": 53, "PublicPort": 5353, "Type": "udp"}],
                 },
                 {
                     "Id": "0123456789abcdef" * 4,
@@ -496,11 +532,11 @@ def test_ps_table(hyperd: FakeHyperd) -> None:
     assert result.exit_code == 0
     assert hyperd.requests[0].query == {"all": "1"}
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
+    assert lines[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
     assert lines[1].startswith(CID[:12] + "   busybox       ")
     assert '"sh -c \'while true; …"' in lines[1]
     assert "5 seconds ago" in lines[1]
-    assert lines[1].endswith("Up 5 seconds            web")
+    assert lines[1].endswith("Up 5 seconds            0.0.0.0:8080->80/tcp, [::1]:5353->53/udp   web")
     assert '"top"' in lines[2]
     assert "2 hours ago" in lines[2]
     # Columns line up.

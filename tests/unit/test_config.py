@@ -62,3 +62,21 @@ def test_a_bad_file_is_one_clear_error(tmp_path: Path, settings: object, message
 def test_a_named_file_that_is_missing_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="cannot read"):
         Config.create(HOST, tmp_path, None, None, config_file=tmp_path / "missing.json")
+
+
+def test_bridge_settings(tmp_path: Path) -> None:
+    made = create(tmp_path, {"bip": "10.99.0.1/24"})
+    assert (made.bip, made.bridge) == ("10.99.0.1/24", True)
+    assert create(tmp_path, {"bridge": "none"}).bridge is False
+    assert create(tmp_path, {"bip": "10.99.0.1/24"}, bip="10.98.0.1/16", bridge="none").bip == "10.98.0.1/16"
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"bip": "10.99.0.0/24"}, "must be a host address"),
+    ({"bip": "10.99.0.1/31"}, "must be a host address"),
+    ({"bip": "nonsense"}, "bip must be an IPv4 address"),
+    ({"bridge": "br0"}, 'bridge may only be "none"'),
+])
+def test_bad_bridge_settings(tmp_path: Path, settings: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        create(tmp_path, settings)
