@@ -310,7 +310,7 @@ class DaemonFactory:
                  env: Mapping[str, str] | None = None, start: bool = True, netns: bool = False) -> Daemon:
         base = self.base / f"hyperd{len(self.made)}"
         daemon = Daemon(base=base, root=root or base / "root", kernel=kernel, env=dict(env or {}), socket_path=socket,
-                        netns=self._netns() if netns else None)
+                        netns=self.netns() if netns else None)
         self.made.append(daemon)
         if root is None:
             daemon.import_busybox()
@@ -318,7 +318,7 @@ class DaemonFactory:
             daemon.start()
         return daemon
 
-    def _netns(self) -> str:
+    def netns(self) -> str:
         """A network namespace of this test's own, loopback up; deleted at teardown."""
         name = f"hyper-test-{os.getpid()}-{len(self.namespaces)}"
         subprocess.run(["ip", "netns", "add", name], check=True)

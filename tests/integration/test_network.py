@@ -16,7 +16,7 @@ import pytest
 from tests.integration import images
 from tests.integration.conftest import Daemon, DaemonFactory, Hyper, ps_row, wait_for
 
-SERVE = "mkdir -p /www && echo hello from {name} > /www/index.html && exec httpd -f -p 80 -h /www"
+SERVE = "mkdir -p /www && echo hello from {name} > /www/index.html && exec httpd -f -vv -p 80 -h /www"
 SERVE_TIMEOUT = 60.0
 """Seconds for a pod's web server to answer after ``run -d`` returned (a boot is ~2.5 s under TCG)."""
 FETCH = """
@@ -70,6 +70,26 @@ def test_published_port_serves_from_loopback(netd: Daemon, nethyper: Hyper) -> N
     assert address.startswith("172.31."), inspect["NetworkSettings"]
     # The pod's own address, from the daemon's namespace, through the bridge.
     assert fetch(netd, f"http://{address}/").stdout == "hello from web\n"
+
+
+def test_published_port_serves_from_outside(netd: Daemon, nethyper: Hyper, make_daemon: DaemonFactory) -> None:
+    """A client in another namespace, over a veth pair between the two: the kernel's DNAT serves it."""
+    client = make_daemon.netns()
+    veth = ["ip", "link", "add", "hyt-out", "type", "veth", "peer", "name", "hyt-in", "netns", client]
+    for argv in (veth, ["ip", "addr", "add", "10.200.0.1/24", "dev", "hyt-out"], ["ip", "link", "set", "hyt-out", "up"]):
+        assert netd.in_netns(*argv).returncode == 0
+    for argv in (["ip", "addr", "add", "10.200.0.2/24", "dev", "hyt-in"], ["ip", "link", "set", "hyt-in", "up"]):
+        subprocess.run(["ip", "netns", "exec", client, *argv], check=True)
+    serve(nethyper, "outside", "-p", "8085:80", "--mac-address", "02:42:ac:11:00:99")
+    wait_served(netd, "http://127.0.0.1:8085/", "hello from outside\n")
+    got = subprocess.run(["ip", "netns", "exec", client, sys.executable, "-c", FETCH, "http://10.200.0.1:8085/"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert got.stdout == "hello from outside\n", got.stderr
+    # DNAT, not the proxy: the pod saw the client's own address (httpd -vv logs it).
+    logs = nethyper("logs", "outside")
+    assert "10.200.0.2" in logs.stdout + logs.stderr
+    assert nethyper("inspect", "-f", "{{.NetworkSettings.MacAddress}}", "outside").stdout.strip() == \
+        "02:42:ac:11:00:99"
 
 
 def test_random_host_port_and_publish_all(netd: Daemon, nethyper: Hyper) -> None:
