@@ -11,6 +11,7 @@ HTTP status codes become exceptions here and nowhere else (see ``cli.errors``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import socket
@@ -109,6 +110,37 @@ class Stream(_Held):
             return self._response.read1(size)
         except (http.client.HTTPException, OSError) as err:
             raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
+
+
+class Duplex(Stream):
+    """A streamed answer while the request's body, the process's stdin, is still being sent
+    (HTTP/1.1 chunked, both directions at once on one connection)."""
+
+    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+        super().__init__(conn, response)
+        assert conn.sock is not None
+        self._sock: socket.socket = conn.sock
+        self._ended = False
+
+    def send(self, data: bytes) -> None:
+        if data and not self._ended:
+            try:
+                self._sock.sendall(b"%x\r\n%b\r\n" % (len(data), data))
+            except OSError as err:
+                raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
+
+    def end_input(self) -> None:
+        """The end of stdin: the process reads EOF."""
+        if not self._ended:
+            self._ended = True
+            with contextlib.suppress(OSError):
+                self._sock.sendall(b"0\r\n\r\n")
+
+    def abandon(self) -> None:
+        """Leave without ending stdin (a detach): the output stops, the process goes on."""
+        self._ended = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
 
 def _reason(err: BaseException) -> str:
@@ -256,6 +288,32 @@ class Client:
         """A request whose answer is read as it arrives; the caller closes it."""
         return Stream(*self._send(method, path, query, body, headers))
 
+    def duplex(self, method: str, path: str, query: Query | None = None) -> Duplex:
+        """A request whose body is sent as it comes (``Duplex.send``) while its answer streams back."""
+        url = f"{path}?{urlencode(query)}" if query else path
+        conn = UnixHTTPConnection(self.path)
+        try:
+            conn.connect()
+        except OSError as err:
+            raise DaemonUnreachable(self.host, _reason(err)) from err
+        try:
+            conn.putrequest(method, url)
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.putheader("Content-Type", "application/octet-stream")
+            conn.endheaders()
+            assert conn.sock is not None
+            # Not conn.getresponse(): that waits for the whole request to have been sent.
+            response = http.client.HTTPResponse(conn.sock, method=method)
+            response.begin()
+            if 200 <= response.status < 300:
+                return Duplex(conn, response)
+            error = _api_error(response.status, response.reason, response.read())
+        except (http.client.HTTPException, OSError) as err:
+            conn.close()
+            raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
+        conn.close()
+        raise error
+
     # Containers
 
     def create_container(self, config: dict[str, Any], name: str | None = None) -> Any:
@@ -265,9 +323,31 @@ class Client:
     def start(self, container: str) -> None:
         self.call("POST", f"/containers/{_ident(container)}/start")
 
-    def attach(self, container: str) -> Stream:
+    def attach(self, container: str, stdin: bool = False) -> Stream:
+        """The container's output from now on; with ``stdin``, a Duplex whose body is its stdin."""
         query = {"stream": "1", "stdout": "1", "stderr": "1"}
-        return self.stream("POST", f"/containers/{_ident(container)}/attach", query)
+        path = f"/containers/{_ident(container)}/attach"
+        if stdin:
+            return self.duplex("POST", path, {**query, "stdin": "1"})
+        return self.stream("POST", path, query)
+
+    def resize(self, container: str, rows: int, cols: int, exec_id: str = "") -> None:
+        path = f"/exec/{_ident(exec_id)}/resize" if exec_id else f"/containers/{_ident(container)}/resize"
+        self.call("POST", path, {"h": str(rows), "w": str(cols)})
+
+    def create_exec(self, container: str, config: dict[str, Any]) -> Any:
+        return self.call("POST", f"/containers/{_ident(container)}/exec", body=config)
+
+    def start_exec(self, exec_id: str, stdin: bool = False, detach: bool = False) -> Stream | None:
+        """Run an exec instance: its output (a Duplex with ``stdin``), or None with ``detach``."""
+        path = f"/exec/{_ident(exec_id)}/start"
+        if detach:
+            self.call("POST", path, {"detach": "1"})
+            return None
+        return self.duplex("POST", path) if stdin else self.stream("POST", path)
+
+    def inspect_exec(self, exec_id: str) -> Any:
+        return self.call("GET", f"/exec/{_ident(exec_id)}/json")
 
     def wait(self, container: str) -> Any:
         return self.call("POST", f"/containers/{_ident(container)}/wait")

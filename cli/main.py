@@ -147,6 +147,8 @@ def _container_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--storage-opt", "storage_opts", multiple=True, metavar="size=SIZE",
                      help="Give the container a writable disk of its own of SIZE (512M, 2G): a hard limit, kept "
                           "across restarts."),
+        click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and attached."),
+        click.option("-t", "--tty", is_flag=True, help="Give the command a terminal."),
         click.option("-h", "--hostname", default="", metavar="NAME", help="The container's host name."),
         click.option("--network", "--net", "network", default="", metavar="NETWORK",
                      help="Connect to NETWORK: bridge (default), a network of 'hyper network create', none, "
@@ -174,8 +176,9 @@ def _container_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _new_container(host: str, name: str | None, pull_policy: str, platform: str, image: str,
-                   command: tuple[str, ...], **settings: Any) -> tuple[Client, str]:
-    """Create the container ``run`` and ``create`` describe; the client and the container's id."""
+                   command: tuple[str, ...], once: bool = False, **settings: Any) -> tuple[Client, str]:
+    """Create the container ``run`` and ``create`` describe; the client and the container's id.
+    ``once``: its stdin ends with the input of the client that starts it (``run -i``)."""
     config = {
         "Image": image,
         "Cmd": list(command) or None,
@@ -196,6 +199,9 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
         "DnsSearch": list(settings["dns_search"]),
         "DnsOptions": list(settings["dns_options"]),
         "ExtraHosts": list(settings["add_hosts"]),
+        "Tty": settings["tty"],
+        "OpenStdin": settings["interactive"],
+        "StdinOnce": settings["interactive"] and once,
     }
     endpoint = network.endpoint_config(settings["aliases"], settings["ip"], settings["mac"])
     if endpoint:
@@ -207,21 +213,36 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
     return client, str(created["Id"])
 
 
+def _detach_keys(spec: str) -> bytes:
+    from cli import terminal
+
+    try:
+        return terminal.parse_keys(spec)
+    except ValueError as err:
+        raise HyperError(str(err)) from None
+
+
 @cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("-d", "--detach", is_flag=True, help="Start in the background and print the container ID.")
+@click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
+              help="The keys that leave an interactive session with the container running.")
 @_container_options
 @click.pass_obj
-def run(host: str, /, detach: bool, name: str | None, pull_policy: str, platform: str, image: str,
+def run(host: str, /, detach: bool, detach_keys: str, name: str | None, pull_policy: str, platform: str, image: str,
         command: tuple[str, ...], **settings: Any) -> None:
     """Run COMMAND in a new container from IMAGE. Options go before IMAGE."""
-    client, container = _new_container(host, name, pull_policy, platform, image, command, **settings)
+    from cli import attach
+
+    keys = _detach_keys(detach_keys)
+    if not detach:
+        attach.check_terminal(settings["interactive"], settings["tty"])
+    client, container = _new_container(host, name, pull_policy, platform, image, command,
+                                       once=not detach, **settings)
     if detach:
         client.start(container)
         click.echo(container)
         return
-    from cli import attach
-
-    sys.exit(attach.run(client, container))
+    sys.exit(attach.run(client, container, settings["interactive"], settings["tty"], keys))
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
@@ -383,6 +404,65 @@ def start(host: str, containers: tuple[str, ...]) -> None:
     """Start created or exited containers in the background (each boots a new VM)."""
     client = connect(host)
     each(containers, then_echo(client.start))
+
+
+@cli.command("attach")
+@click.option("--no-stdin", is_flag=True, help="Do not attach stdin.")
+@click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
+              help="The keys that leave the session with the container running.")
+@click.argument("container")
+@click.pass_obj
+def attach_command(host: str, no_stdin: bool, detach_keys: str, container: str) -> None:
+    """Attach to a running container's output (and stdin, if it has one open) until it exits."""
+    from cli import attach
+
+    keys = _detach_keys(detach_keys)
+    client = connect(host)
+    details = client.inspect(container)
+    if not (details.get("State") or {}).get("Running"):
+        raise HyperError("You cannot attach to a stopped container, start it first")
+    config = details.get("Config") or {}
+    interactive, tty = bool(config.get("OpenStdin")) and not no_stdin, bool(config.get("Tty"))
+    attach.check_terminal(interactive, tty)
+    with client.attach(container, stdin=interactive) as stream, client.wait_later(container) as waiting:
+        if attach.session(stream, interactive, tty, lambda rows, cols: client.resize(container, rows, cols), keys):
+            return
+        sys.exit(attach.exit_status(waiting.result()))
+
+
+@cli.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="Run in the background.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and attached.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Set an environment variable (repeatable).")
+@click.option("-w", "--workdir", default="", metavar="DIR", help="Working directory inside the container.")
+@click.option("-u", "--user", default="", metavar="USER[:GROUP]", help="User (and group) to run as.")
+@click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
+              help="The keys that leave an interactive session with the command running.")
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+def exec_command(host: str, detach: bool, interactive: bool, tty: bool, env: tuple[str, ...], workdir: str,
+                 user: str, detach_keys: str, container: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND in a running container; exit with its status."""
+    from cli import attach
+
+    keys = _detach_keys(detach_keys)
+    if not detach:
+        attach.check_terminal(interactive, tty)
+    client = connect(host)
+    exec_id = str(client.create_exec(container, {
+        "Cmd": list(command), "Env": _environment(env), "WorkingDir": workdir, "User": user, "Tty": tty,
+        "AttachStdin": interactive and not detach})["Id"])
+    stream = client.start_exec(exec_id, stdin=interactive and not detach, detach=detach)
+    if stream is None:
+        return
+    with stream:
+        if attach.session(stream, interactive, tty,
+                          lambda rows, cols: client.resize(container, rows, cols, exec_id), keys):
+            return
+    code = client.inspect_exec(exec_id).get("ExitCode")
+    sys.exit(code if isinstance(code, int) else EXIT_DAEMON)
 
 
 @cli.command()
@@ -549,7 +629,8 @@ def container_group() -> None:
 
 for _name, _command in {"ls": ps, "ps": ps, "create": create, "run": run, "start": start, "stop": stop,
                         "restart": restart, "kill": kill, "rm": rm, "wait": wait, "logs": logs, "rename": rename,
-                        "export": export, "prune": prune, "port": network.port}.items():
+                        "export": export, "prune": prune, "port": network.port, "attach": attach_command,
+                        "exec": exec_command}.items():
     container_group.add_command(_command, _name)
 container_group.add_command(inspect, "inspect")
 

@@ -20,10 +20,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
+import aiohttp
 from aiohttp import web
 
 from hyperd import __version__, errors, logs
 from hyperd.daemon import Daemon
+from hyperd.guest import Input
 from hyperd.image import (
     ImageError,
     ImageInUse,
@@ -47,6 +49,7 @@ log = logging.getLogger("hyperd")
 
 API_VERSION = "1.0"
 STREAM_TYPE = "application/vnd.docker.multiplexed-stream"
+RAW_TYPE = "application/vnd.docker.raw-stream"
 DAEMON = web.AppKey("daemon", Daemon)
 
 STATUS: list[tuple[type[Exception], int]] = [
@@ -168,6 +171,9 @@ def _inspect(container: Container) -> dict[str, Any]:
             "StopSignal": signal_name(spec.stop_signal),
             "ExposedPorts": {port: {} for port in spec.exposed_ports},
             "Hostname": spec.hostname or container.id[:12],
+            "Tty": spec.tty,
+            "OpenStdin": spec.open_stdin,
+            "StdinOnce": spec.stdin_once,
         },
         "HostConfig": {"AutoRemove": spec.autoremove,
                        "StorageOpt": {"size": str(spec.storage_size)} if spec.storage_size else {},
@@ -296,7 +302,8 @@ async def create_container(request: web.Request) -> web.Response:
         image_ref=body["Image"], name=request.query.get("name"), cmd=strings("Cmd"),
         entrypoint=strings("Entrypoint"), env=strings("Env") or [], workdir=str(body.get("WorkingDir") or ""),
         user=str(body.get("User") or ""), autoremove=bool(body.get("AutoRemove")),
-        storage_opt=_string_map(body, "StorageOpt"), network=_network_request(body),
+        storage_opt=_string_map(body, "StorageOpt"), network=_network_request(body), tty=bool(body.get("Tty")),
+        open_stdin=bool(body.get("OpenStdin")), stdin_once=bool(body.get("StdinOnce")),
     )
     return web.json_response({"Id": container.id, "Warnings": []}, status=201)
 
@@ -314,20 +321,113 @@ async def start_container(request: web.Request) -> web.Response:
 
 
 async def attach_container(request: web.Request) -> web.StreamResponse:
+    """The container's output from now on; with ``stdin=1`` the request body (chunked, sent while
+    the answer streams back) is its stdin.  A tty container's output is raw, not framed."""
     daemon = _daemon(request)
     container = daemon.get(request.match_info["id"])
     wanted = _streams(request)
     queue, _offset = daemon.subscribe(container)
-    response = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
+    tty = container.spec.tty
+    response = web.StreamResponse(headers={"Content-Type": RAW_TYPE if tty else STREAM_TYPE})
+    feeding = None
+    if _flag(request, "stdin") and container.spec.open_stdin:
+        async def stdin() -> Input | None:
+            return await daemon.stdin_of(container)
+
+        feeding = asyncio.create_task(_feed(request, stdin, container.spec.stdin_once))
     try:
         await response.prepare(request)
         while (item := await queue.get()) is not None:
             if item[0] in wanted:
-                await response.write(_frame(*item))
+                await response.write(item[1] if tty else _frame(*item))
     finally:
         daemon.unsubscribe(container, queue)
+        if feeding is not None:
+            feeding.cancel()
     await response.write_eof()
     return response
+
+
+async def _feed(request: web.Request, target: Callable[[], Awaitable[Input | None]], close: bool) -> None:
+    """Copy the request body into a process's stdin as it arrives; its end ends stdin when ``close``.
+    A client that goes away (a detach) ends nothing."""
+    stdin = await target()
+    if stdin is None:
+        return
+    with contextlib.suppress(ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError):
+        while data := await request.content.readany():
+            await stdin.write(data)
+        if close:
+            stdin.close()
+
+
+async def resize_container(request: web.Request) -> web.Response:
+    rows, cols = _size(request)
+    await _daemon(request).resize(request.match_info["id"], rows, cols)
+    return web.Response(status=200)
+
+
+def _size(request: web.Request) -> tuple[int, int]:
+    try:
+        return int(request.query.get("h", "")), int(request.query.get("w", ""))
+    except ValueError:
+        raise errors.InvalidArgument("h and w must be numbers of rows and columns") from None
+
+
+async def create_exec(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    cmd = body.get("Cmd") or []
+    env = body.get("Env") or []
+    for key, value in (("Cmd", cmd), ("Env", env)):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise errors.InvalidArgument(f"{key} must be a list of strings")
+    ex = _daemon(request).create_exec(request.match_info["id"], cmd, env, str(body.get("WorkingDir") or ""),
+                                      str(body.get("User") or ""), bool(body.get("Tty")),
+                                      bool(body.get("AttachStdin")))
+    return web.json_response({"Id": ex.id}, status=201)
+
+
+async def start_exec(request: web.Request) -> web.StreamResponse:
+    """Run the exec instance; unless ``detach=1``, stream its output (raw with a tty) while the
+    request body, if it was created with AttachStdin, is its stdin."""
+    daemon = _daemon(request)
+    detach = _flag(request, "detach")
+    ex = await daemon.start_exec(request.match_info["id"], detach)
+    if detach:
+        return web.Response(status=200)
+    response = web.StreamResponse(headers={"Content-Type": RAW_TYPE if ex.tty else STREAM_TYPE})
+    feeding = None
+    if ex.stdin is not None:
+        async def stdin() -> Input | None:
+            return ex.stdin
+
+        feeding = asyncio.create_task(_feed(request, stdin, True))
+    try:
+        await response.prepare(request)
+        while (item := await ex.output.get()) is not None:
+            await response.write(item[1] if ex.tty else _frame(*item))
+    finally:
+        if feeding is not None:
+            feeding.cancel()
+    await response.write_eof()
+    return response
+
+
+async def inspect_exec(request: web.Request) -> web.Response:
+    ex = _daemon(request).get_exec(request.match_info["id"])
+    return web.json_response({
+        "ID": ex.id, "ContainerID": ex.container.id, "Running": ex.running, "ExitCode": ex.exit_code,
+        "OpenStdin": ex.open_stdin,
+        "ProcessConfig": {"entrypoint": ex.args[0], "arguments": list(ex.args[1:]), "tty": ex.tty,
+                          "user": ex.user, "workingDir": ex.workdir},
+    })
+
+
+async def resize_exec(request: web.Request) -> web.Response:
+    ex = _daemon(request).get_exec(request.match_info["id"])
+    rows, cols = _size(request)
+    await _daemon(request).resize(ex.container.id, rows, cols, ex.id)
+    return web.Response(status=200)
 
 
 async def wait_container(request: web.Request) -> web.Response:
@@ -703,6 +803,11 @@ def routes() -> list[web.RouteDef]:
         web.get("/containers/{id}/json", inspect_container),
         web.post("/containers/{id}/start", start_container),
         web.post("/containers/{id}/attach", attach_container),
+        web.post("/containers/{id}/resize", resize_container),
+        web.post("/containers/{id}/exec", create_exec),
+        web.post("/exec/{id}/start", start_exec),
+        web.get("/exec/{id}/json", inspect_exec),
+        web.post("/exec/{id}/resize", resize_exec),
         web.post("/containers/{id}/wait", wait_container),
         web.post("/containers/{id}/stop", stop_container),
         web.post("/containers/{id}/kill", kill_container),

@@ -26,7 +26,7 @@ from typing import Any
 
 from hyperd import errors, logs, storage
 from hyperd.config import Config
-from hyperd.guest import AgentClient, ExitEvent, Stream
+from hyperd.guest import AgentClient, ExitEvent, Input, Stream
 from hyperd.image import registry
 from hyperd.image.reference import server_host
 from hyperd.image.store import Image, ImageStore
@@ -62,6 +62,28 @@ class Pod:
     network: Attachment
     stopping: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    stdin: Input | None = None
+
+
+@dataclass
+class Exec:
+    """A process exec'd in a running container: docker's exec instance."""
+
+    id: str
+    container: Container
+    args: tuple[str, ...]
+    env: tuple[str, ...]
+    workdir: str
+    user: str
+    tty: bool
+    open_stdin: bool
+    running: bool = False
+    exit_code: int | None = None
+    stdin: Input | None = None
+    output: asyncio.Queue[tuple[int, bytes] | None] = field(
+        default_factory=lambda: asyncio.Queue(SUBSCRIBER_BACKLOG))
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
 class Daemon:
@@ -76,6 +98,9 @@ class Daemon:
         self.subscribers: dict[str, list[Subscriber]] = {}
         self.finished: dict[str, asyncio.Event] = {}
         self.removed: dict[str, asyncio.Event] = {}
+        self.booted: dict[str, asyncio.Event] = {}
+        """Set while the container's pod runs: where stdin that arrived early waits."""
+        self.execs: dict[str, Exec] = {}
         self.supervisors: set[asyncio.Task[None]] = set()
         self.closing = False
 
@@ -108,6 +133,7 @@ class Daemon:
         self.containers[container.id] = container
         self.finished[container.id] = asyncio.Event()
         self.removed[container.id] = asyncio.Event()
+        self.booted[container.id] = asyncio.Event()
         self.subscribers[container.id] = []
 
     def container_dir(self, container: Container) -> Path:
@@ -138,7 +164,8 @@ class Daemon:
 
     def create(self, image_ref: str, name: str | None, cmd: list[str] | None, entrypoint: list[str] | None,
                env: list[str], workdir: str, user: str, autoremove: bool,
-               storage_opt: dict[str, str] | None = None, network: NetworkRequest | None = None) -> Container:
+               storage_opt: dict[str, str] | None = None, network: NetworkRequest | None = None,
+               tty: bool = False, open_stdin: bool = False, stdin_once: bool = False) -> Container:
         storage_size = storage.parse_options(storage_opt or {})
         image = self.images.resolve(image_ref)
         wiring = self._network_spec(network or NetworkRequest(), image.config.exposed_ports)
@@ -150,7 +177,8 @@ class Daemon:
             if not item.partition("=")[0]:
                 raise errors.InvalidArgument(f"invalid environment variable {item!r}")
         spec = replace(_resolve_spec(image_ref, image, cmd, entrypoint, env, workdir, user, autoremove),
-                       storage_size=storage_size, **wiring)
+                       storage_size=storage_size, tty=tty, open_stdin=open_stdin, stdin_once=stdin_once and open_stdin,
+                       **wiring)
         if not spec.args:
             raise errors.InvalidArgument("no command specified")
         if len(json.dumps([spec.args, spec.env, spec.workdir, spec.user])) > MAX_PROCESS_SPEC:
@@ -300,6 +328,7 @@ class Daemon:
             raise
         container.started = time.time()
         self.db.save(container)
+        self.booted[container.id].set()
         task = asyncio.create_task(self._supervise(container, pod, mark))
         self.supervisors.add(task)
         task.add_done_callback(self.supervisors.discard)
@@ -346,7 +375,9 @@ class Daemon:
         exited: asyncio.Future[ExitEvent] = asyncio.get_running_loop().create_future()
 
         def on_exit(event: ExitEvent) -> None:
-            if event.container == container.id and not exited.done():
+            if event.process:
+                self._exec_exited(event)
+            elif event.container == container.id and not exited.done():
                 exited.set_result(event)
 
         client = AgentClient(vm.agent, on_exit)
@@ -367,9 +398,17 @@ class Daemon:
                     raise errors.GuestError("the guest agent cannot configure networks (a guest disk older than "
                                             "this hyperd): run with --network none, or update the guest disk")
                 await client.request("network.configure", {"interfaces": attachment.interfaces})
-            stdout, stderr = client.open_stream(), client.open_stream()
-            pod.tasks = [asyncio.create_task(self._pump(container, 1, stdout)),
-                         asyncio.create_task(self._pump(container, 2, stderr))]
+            wanted = {"stdin"} if container.spec.open_stdin else set()
+            wanted |= {"tty"} if container.spec.tty else set()
+            if not wanted <= info.capabilities:
+                raise errors.GuestError(f"the guest agent cannot give a container {' or '.join(sorted(wanted))} "
+                                        "(a guest disk older than this hyperd): update the guest disk")
+            pod.stdin = client.open_input() if container.spec.open_stdin else None
+            stdout = client.open_stream()
+            stderr = None if container.spec.tty else client.open_stream()
+            pod.tasks = [asyncio.create_task(self._pump(container, 1, stdout))]
+            if stderr is not None:
+                pod.tasks.append(asyncio.create_task(self._pump(container, 2, stderr)))
             await client.request("container.start", {
                 "id": container.id,
                 "rootfs": rootfs,
@@ -377,7 +416,9 @@ class Daemon:
                 "files": attachment.files,
                 "process": {"args": list(container.spec.args), "env": list(container.spec.env),
                             "cwd": container.spec.workdir or "/", "user": container.spec.user},
-                "stdout": stdout.id, "stderr": stderr.id,
+                "stdout": stdout.id, "tty": container.spec.tty,
+                **({"stderr": stderr.id} if stderr is not None else {}),
+                **({"stdin": pod.stdin.id} if pod.stdin is not None else {}),
             })
             mark("container_started")
             await self.networks.serve(attachment)
@@ -483,6 +524,10 @@ class Daemon:
                 task.cancel()
             await self._detach(pod.network)
             container.ports, container.networks = [], {}
+            self.booted[container.id].clear()
+            for ex in self.execs.values():
+                if ex.container is container and not ex.done.is_set():
+                    self._end_exec(ex, 137)  # the pod went with the process in it
             self.pods.pop(container.id, None)
             container.state = ContainerState.EXITED
             container.finished = time.time()
@@ -597,7 +642,101 @@ class Daemon:
         await asyncio.to_thread(shutil.rmtree, self.container_dir(container), True)
         self.db.delete(container.id)
         del self.containers[container.id]
+        for exec_id in [e.id for e in self.execs.values() if e.container is container]:
+            del self.execs[exec_id]
         self.removed[container.id].set()
+
+    # -- stdin, terminals, exec ----------------------------------------------------------
+
+    async def stdin_of(self, container: Container) -> Input | None:
+        """The container's stdin once its pod runs (input may arrive before the start); None without one."""
+        await self.booted[container.id].wait()
+        pod = self.pods.get(container.id)
+        return pod.stdin if pod is not None else None
+
+    async def resize(self, ref: str, rows: int, cols: int, exec_id: str = "") -> None:
+        """Set the window size of a container's (or an exec's) terminal."""
+        container = self.get(ref)
+        pod = self.pods.get(container.id)
+        if pod is None:
+            raise errors.StateError(f"container {container.name} is not running")
+        if not 0 < rows < 65536 or not 0 < cols < 65536:
+            raise errors.InvalidArgument(f"invalid terminal size {rows}x{cols}")
+        tty = self.execs[exec_id].tty if exec_id else container.spec.tty
+        if tty:
+            await pod.client.request("resize", {"id": container.id, "process": exec_id, "rows": rows, "cols": cols})
+
+    def create_exec(self, ref: str, cmd: list[str], env: list[str], workdir: str, user: str, tty: bool,
+                    open_stdin: bool) -> Exec:
+        container = self.get(ref)
+        if container.id not in self.pods:
+            raise errors.StateError(f"container {container.name} is not running")
+        if not cmd:
+            raise errors.InvalidArgument("no command specified")
+        merged = dict(item.partition("=")[::2] for item in container.spec.env)
+        for item in env:
+            key, _, value = item.partition("=")
+            if not key:
+                raise errors.InvalidArgument(f"invalid environment variable {item!r}")
+            merged[key] = value
+        ex = Exec(secrets.token_hex(32), container, tuple(cmd), tuple(f"{k}={v}" for k, v in merged.items()),
+                  workdir or container.spec.workdir, user or container.spec.user, tty, open_stdin)
+        if len(json.dumps([ex.args, ex.env, ex.workdir, ex.user])) > MAX_PROCESS_SPEC:
+            raise errors.InvalidArgument(f"command and environment exceed {MAX_PROCESS_SPEC >> 10} KiB")
+        self.execs[ex.id] = ex
+        return ex
+
+    def get_exec(self, exec_id: str) -> Exec:
+        ex = self.execs.get(exec_id)
+        if ex is None:
+            raise errors.NotFound(f"No such exec instance: {exec_id}")
+        return ex
+
+    async def start_exec(self, exec_id: str, detach: bool) -> Exec:
+        """Run an exec instance; its output goes to ``ex.output`` (to nowhere when ``detach``)."""
+        ex = self.get_exec(exec_id)
+        if ex.running or ex.exit_code is not None:
+            raise errors.Conflict(f"exec {exec_id[:12]} has already run")
+        pod = self.pods.get(ex.container.id)
+        if pod is None:
+            raise errors.StateError(f"container {ex.container.name} is not running")
+        if pod.client.info is None or "exec" not in pod.client.info.capabilities:
+            raise errors.StateError("the guest agent cannot exec (a guest disk older than this hyperd)")
+        ex.running = True
+        ex.stdin = pod.client.open_input() if ex.open_stdin else None
+        stdout = pod.client.open_stream()
+        stderr = None if ex.tty else pod.client.open_stream()
+        ex.tasks = [asyncio.create_task(_exec_pump(ex, 1, stdout, detach))]
+        if stderr is not None:
+            ex.tasks.append(asyncio.create_task(_exec_pump(ex, 2, stderr, detach)))
+        try:
+            await pod.client.request("process.start", {
+                "container": ex.container.id, "id": ex.id, "tty": ex.tty, "stdout": stdout.id,
+                **({"stderr": stderr.id} if stderr is not None else {}),
+                **({"stdin": ex.stdin.id} if ex.stdin is not None else {}),
+                "process": {"args": list(ex.args), "env": list(ex.env), "cwd": ex.workdir or "/", "user": ex.user},
+            })
+        except errors.StartFailed as err:
+            self._end_exec(ex, err.exit_code)
+            raise
+        except BaseException:
+            self._end_exec(ex, 126)
+            raise
+        return ex
+
+    def _exec_exited(self, event: ExitEvent) -> None:
+        ex = self.execs.get(event.process)
+        if ex is None or ex.container.id != event.container or ex.done.is_set():
+            return
+        # The agent reports an exit after all output went out: let the pumps deliver it first.
+        task = asyncio.create_task(_finish_exec(ex, event.status))
+        self.supervisors.add(task)
+        task.add_done_callback(self.supervisors.discard)
+
+    def _end_exec(self, ex: Exec, status: int) -> None:
+        for task in ex.tasks:
+            task.cancel()
+        _settle(ex, status)
 
     # -- output -------------------------------------------------------------------------
 
@@ -709,6 +848,27 @@ async def _drain(stream: Stream, done: asyncio.Future[Any]) -> None:
         while await stream.read():
             pass
         await done
+
+
+async def _exec_pump(ex: Exec, stream_no: int, stream: Stream, detach: bool) -> None:
+    """An exec's output to its attached client (a slow one holds the process back), or nowhere."""
+    while data := await stream.read():
+        if not detach:
+            await ex.output.put((stream_no, data))
+
+
+async def _finish_exec(ex: Exec, status: int) -> None:
+    await asyncio.wait(ex.tasks, timeout=SHUTDOWN_TIMEOUT)
+    _settle(ex, status)
+
+
+def _settle(ex: Exec, status: int) -> None:
+    ex.exit_code = status
+    ex.running = False
+    if ex.stdin is not None:
+        ex.stdin.close()
+    _close_stream(ex.output)
+    ex.done.set()
 
 
 def _tree_size(path: Path) -> int:

@@ -19,12 +19,15 @@ from typing import Any
 
 from hyperd.errors import GuestError, StartFailed
 from hyperstart.protocol import (
+    DATA_CHUNK,
     INITIAL_WINDOW,
     VERSIONS,
     Decoder,
     Frame,
     Kind,
+    decode_credit,
     decode_message,
+    encode,
     encode_message,
     encode_window,
 )
@@ -68,6 +71,8 @@ class AgentInfo:
 class ExitEvent:
     container: str
     status: int
+    process: str = ""
+    """The exec'd process that exited; empty for the container's own command."""
 
 
 class Stream:
@@ -103,6 +108,55 @@ class Stream:
         return data
 
 
+class Input:
+    """A process's stdin: hyperd writes, the agent grants credit as the process reads.
+
+    The agent's grants are checked: it may never hand back more than was sent, so a
+    hostile guest cannot make hyperd send without bound.
+    """
+
+    def __init__(self, client: AgentClient, stream_id: int) -> None:
+        self.id = stream_id
+        self._client = client
+        self.window = INITIAL_WINDOW
+        self._outstanding = 0
+        self._credit = asyncio.Event()
+        self._credit.set()
+        self.closed = False
+
+    def _grant(self, credit: int) -> None:
+        if credit > self._outstanding:
+            raise GuestError(f"agent granted more credit than it was sent on stream {self.id}")
+        self._outstanding -= credit
+        self.window += credit
+        self._credit.set()
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data``, waiting for credit as needed; after the agent or the session is gone, drop it."""
+        view = memoryview(data)
+        while view and not self.closed:
+            if self.window <= 0:
+                self._credit.clear()
+                await self._credit.wait()
+                continue
+            chunk = view[: min(self.window, DATA_CHUNK)]
+            self.window -= len(chunk)
+            self._outstanding += len(chunk)
+            self._client.send_raw(encode(Kind.DATA, self.id, bytes(chunk)))
+            view = view[len(chunk):]
+
+    def close(self) -> None:
+        """End of input: the process reads EOF (on a pipe; a terminal stays open)."""
+        if not self.closed:
+            self.closed = True
+            self._client.send_raw(encode(Kind.EOF, self.id))
+            self._credit.set()
+
+    def _abort(self) -> None:
+        self.closed = True
+        self._credit.set()
+
+
 class AgentClient:
     def __init__(self, sock: socket.socket, on_exit: Callable[[ExitEvent], None]) -> None:
         self._sock = sock
@@ -112,6 +166,7 @@ class AgentClient:
         self._stream_ids = itertools.count(1)
         self._pending: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._streams: dict[int, Stream] = {}
+        self._inputs: dict[int, Input] = {}
         self._ready: asyncio.Future[AgentInfo] = asyncio.get_running_loop().create_future()
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -137,6 +192,12 @@ class AgentClient:
     def open_stream(self) -> Stream:
         stream = Stream(self, next(self._stream_ids))
         self._streams[stream.id] = stream
+        return stream
+
+    def open_input(self) -> Input:
+        """A stream from hyperd to a process's stdin (capability ``stdin``)."""
+        stream = Input(self, next(self._stream_ids))
+        self._inputs[stream.id] = stream
         return stream
 
     async def request(self, op: str, args: dict[str, Any] | None = None,
@@ -191,6 +252,8 @@ class AgentClient:
         for stream in self._streams.values():
             if not stream.eof:
                 stream._finish()
+        for stdin in self._inputs.values():
+            stdin._abort()
         if self._writer is not None:
             self._writer.close()
 
@@ -204,6 +267,8 @@ class AgentClient:
             else:
                 stream._finish()
                 del self._streams[frame.stream]
+        elif frame.kind == Kind.WINDOW and frame.stream in self._inputs:
+            self._inputs[frame.stream]._grant(decode_credit(frame))
         elif frame.kind == Kind.REPLY:
             self._reply(decode_message(frame))
         elif frame.kind == Kind.EVENT:
@@ -223,7 +288,8 @@ class AgentClient:
                 raise GuestError("agent sent an invalid error reply")
             code = _int(error.get("code"), "error code", 1, 255)
             text = _text(error.get("message"), "error message")
-            future.set_exception(StartFailed(text, code) if op == "container.start" else GuestError(f"{op}: {text}"))
+            starting = op in ("container.start", "process.start")
+            future.set_exception(StartFailed(text, code) if starting else GuestError(f"{op}: {text}"))
         else:
             result = message.get("result")
             if not isinstance(result, dict):
@@ -236,7 +302,8 @@ class AgentClient:
             self._ready.set_result(self._negotiate(message))
         elif name == "exit":
             event = ExitEvent(_text(message.get("container"), "container id", 128),
-                              _int(message.get("status"), "exit status", 0, 255))
+                              _int(message.get("status"), "exit status", 0, 255),
+                              _text(message.get("process", ""), "process id", 128))
             self._on_exit(event)
         else:
             raise GuestError(f"agent sent an unexpected event {str(name)[:64]!r}")

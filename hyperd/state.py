@@ -66,6 +66,11 @@ class ContainerSpec:
     dns_search: tuple[str, ...] = ()
     dns_options: tuple[str, ...] = ()
     extra_hosts: tuple[str, ...] = ()
+    tty: bool = False
+    open_stdin: bool = False
+    """Whether the command gets a stdin a client can write to (``-i``)."""
+    stdin_once: bool = False
+    """Whether that stdin ends when the first attached client's input ends (``run -i``)."""
 
 
 def parse_signal(name: str) -> int:

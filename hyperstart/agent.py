@@ -33,6 +33,7 @@ from hyperstart.protocol import (
     decode_message,
     encode,
     encode_message,
+    encode_window,
     exit_status,
 )
 
@@ -46,8 +47,11 @@ if TYPE_CHECKING:  # the guest pays for every import: typing only for the checke
 AGENT_VERSION = "0.1.0"
 MAX_ERROR = 2048
 """Characters of an error message sent to the host (which refuses longer ones)."""
-CAPABILITIES = ("containers", "signals", "stdio", "export", "network")
+CAPABILITIES = ("containers", "signals", "stdio", "export", "network", "stdin", "tty", "exec")
 TAR = ("/bin/busybox", "tar")
+TIOCSWINSZ = 0x5414
+CREDIT_BATCH = 64 << 10
+"""Bytes of stdin written before the host is granted them back (fewer WINDOW frames)."""
 
 
 def mount_basics() -> None:
@@ -103,12 +107,100 @@ class Output:
         self.open = True
 
 
-class Process:
-    """A container's PID 1 as the agent tracks it, until it has exited and said all."""
+class Input:
+    """A process's stdin, written from the host's stream as fast as the process reads it; the
+    host gets its credit back for what was written (or dropped, once the process closed it)."""
 
-    def __init__(self, container_id: str, outputs: list[Output], errors: int) -> None:
+    def __init__(self, fd: int, stream: int, tty: bool) -> None:
+        self.fd = fd
+        self.stream = stream
+        self.tty = tty
+        self.pending = bytearray()
+        self.eof = False
+        self.unacked = 0
+        self.waiting = False
+
+
+class Stdio:
+    """One process's descriptors: the three its child gets, and what the agent keeps of them."""
+
+    def __init__(self) -> None:
+        self.child: list[int] = []
+        self.outputs: list[Output] = []
+        self.input: Input | None = None
+        self.terminal = -1
+        """The pty master (a descriptor of its own), for window sizes; -1 without a tty."""
+
+    @classmethod
+    def open(cls, args: dict[str, Any], box: container.Container) -> Stdio:
+        """Pipes, or a pty (in the container's devpts) with ``tty``; a stdin pipe only when the
+        host names a ``stdin`` stream."""
+        made = cls()
+        opened: list[int] = []
+        try:
+            if args.get("tty"):
+                master, slave = container.open_terminal(box)
+                opened += [master, slave]
+                made.terminal = os.dup(master)
+                opened.append(made.terminal)
+                set_size(made.terminal, args.get("size"))
+                made.child = [slave, slave, slave]
+                made.outputs = [Output(master, int(args["stdout"]))]
+                if args.get("stdin"):
+                    made.input = Input(made.terminal, int(args["stdin"]), True)
+                return made
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            opened += [out_r, out_w]
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            opened += [err_r, err_w]
+            if args.get("stdin"):
+                in_r, in_w = os.pipe2(os.O_CLOEXEC)
+                opened += [in_r, in_w]
+                made.input = Input(in_w, int(args["stdin"]), False)
+            else:
+                in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                opened.append(in_r)
+            made.child = [in_r, out_w, err_w]
+            made.outputs = [Output(out_r, int(args["stdout"])), Output(err_r, int(args["stderr"]))]
+            return made
+        except BaseException:
+            for fd in opened:
+                os.close(fd)
+            raise
+
+    def close_child(self) -> None:
+        """After the fork: the child's ends are the child's alone."""
+        for fd in set(self.child):
+            os.close(fd)
+        self.child = []
+
+    def close(self) -> None:
+        """Everything the agent kept (the outputs close themselves at their end)."""
+        if self.input is not None and self.input.fd >= 0 and self.input.fd != self.terminal:
+            os.close(self.input.fd)
+        if self.terminal >= 0:
+            os.close(self.terminal)
+        self.terminal = -1
+        if self.input is not None:
+            self.input.fd = -1
+
+
+def set_size(terminal: int, size: Any) -> None:
+    if isinstance(size, dict):
+        rows, cols = int(size.get("rows", 0)), int(size.get("cols", 0))
+        if 0 < rows < 65536 and 0 < cols < 65536:
+            fcntl.ioctl(terminal, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class Process:
+    """A container's PID 1, or a process exec'd in it, as the agent tracks it until it has
+    exited and said all."""
+
+    def __init__(self, container_id: str, stdio: Stdio, errors: int, exec_id: str = "") -> None:
         self.container_id = container_id
-        self.outputs = outputs
+        self.exec_id = exec_id
+        self.stdio = stdio
+        self.outputs = stdio.outputs
         self.errors = errors
         self.error = bytearray()
         self.status: int | None = None
@@ -149,10 +241,15 @@ class Agent:
         self.processes: dict[int, Process] = {}
         self.exports: dict[int, Export] = {}
         self.outputs: dict[int, Output] = {}
+        self.inputs: dict[int, Input] = {}
+        self.terminals: dict[tuple[str, str], int] = {}
+        """(container id, exec id or "") -> its pty's master, for ``resize``."""
         self.handlers: dict[str, Handler] = {
             "init": self.init,
             "container.start": self.start_container,
             "container.export": self.export_container,
+            "process.start": self.start_process,
+            "resize": self.resize,
             "network.configure": self.configure_network,
             "signal": self.signal,
             "shutdown": self.shutdown,
@@ -222,6 +319,15 @@ class Agent:
                 reply.fail(err.code, str(err)[:MAX_ERROR])
             except Exception as err:  # a bad request must not end the agent
                 reply.fail(125, f"{message.get('op')}: {err}"[:MAX_ERROR])
+        elif frame.kind in (Kind.DATA, Kind.EOF):
+            inp = self.inputs.get(frame.stream)
+            if inp is None:
+                return  # the process ended, and its stdin with it: what the host still sent is moot
+            if frame.kind == Kind.DATA:
+                inp.pending += frame.payload
+            else:
+                inp.eof = True
+            self.feed(inp)
         elif frame.kind == Kind.WINDOW:
             out = self.outputs.get(frame.stream)
             if out is not None and out.open:
@@ -234,12 +340,48 @@ class Agent:
 
     # -- container processes ----------------------------------------------------------
 
+    def feed(self, inp: Input) -> None:
+        """Write what the host sent to the process's stdin, as much as it takes now."""
+        while inp.pending and inp.fd >= 0:
+            try:
+                written = os.write(inp.fd, inp.pending[:DATA_CHUNK])
+            except BlockingIOError:
+                if not inp.waiting:
+                    inp.waiting = True
+                    self.selector.register(inp.fd, selectors.EVENT_WRITE, lambda _mask: self.feed(inp))
+                return
+            except OSError:  # the process closed its stdin (or its terminal went): drop the rest
+                written = len(inp.pending)
+                self.end_input(inp)
+            del inp.pending[:written]
+            inp.unacked += written
+        if inp.waiting:
+            inp.waiting = False
+            self.selector.unregister(inp.fd)
+        if inp.unacked >= CREDIT_BATCH or (inp.unacked and not inp.pending):
+            self.send(encode_window(inp.stream, inp.unacked))
+            inp.unacked = 0
+        if inp.eof and not inp.pending:
+            self.end_input(inp)
+
+    def end_input(self, inp: Input) -> None:
+        """The end of stdin: a pipe is closed (the process reads EOF); a terminal stays, it is also the output."""
+        if inp.waiting:
+            inp.waiting = False
+            self.selector.unregister(inp.fd)
+        if not inp.tty and inp.fd >= 0:
+            os.close(inp.fd)
+            inp.fd = -1
+        self.inputs.pop(inp.stream, None)
+
     def reader(self, out: Output) -> Callable[[int], None]:
         def on_readable(_mask: int) -> None:
             try:
                 data = os.read(out.fd, min(out.window, DATA_CHUNK))
             except BlockingIOError:
                 return
+            except OSError:  # a pty master reads EIO once no process holds the terminal: its end
+                data = b""
             if data:
                 out.window -= len(data)
                 self.send(encode(Kind.DATA, out.stream, data))
@@ -281,6 +423,15 @@ class Agent:
             if not process.finished:
                 continue
             del self.processes[pid]
+            if process.stdio.input is not None:
+                self.end_input(process.stdio.input)
+            process.stdio.close()
+            self.terminals.pop((process.container_id, process.exec_id), None)
+            if process.exec_id:
+                if not process.error:
+                    self.event("exit", container=process.container_id, process=process.exec_id,
+                               status=process.status)
+                continue
             box = self.containers.pop(process.container_id, None)
             if box is not None:
                 container.release(box)
@@ -317,45 +468,76 @@ class Agent:
         cid = str(args["id"])
         if cid in self.containers:
             raise container.StartError(125, f"container {cid} already exists in this pod")
-        process_args = args["process"]
-        spec = container.ProcessSpec(
-            args=[str(a) for a in process_args["args"]],
-            env=[str(e) for e in process_args.get("env", [])],
-            cwd=str(process_args.get("cwd") or "/"),
-            user=str(process_args.get("user") or ""),
-        )
+        spec = process_spec(args["process"])
         rootfs = args["rootfs"]
         lower = self.images.mount(str(rootfs["disk"]), str(rootfs.get("fstype", "erofs")))
         upper = rootfs.get("upper")
         box = container.assemble(cid, lower, (str(upper["disk"]), str(upper.get("fstype", "ext4"))) if upper else None)
         box.hostname = str(args.get("hostname") or box.hostname)
         self.containers[cid] = box
-        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
-        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
-        errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
-        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            container.stage_files(box, args.get("files") or {})
-            box.pid = container.spawn(box, spec, (null, stdout_w, stderr_w), errors_w)
+            stdio = Stdio.open(args, box)
         except BaseException:
-            for fd in (stdout_r, stderr_r, errors_r):
-                os.close(fd)
             del self.containers[cid]
             container.release(box)
             raise
+
+        def spawn(errors: int) -> int:
+            container.stage_files(box, args.get("files") or {})
+            box.pid = container.spawn(box, spec, stdio.child, errors, stdio.terminal >= 0)
+            return box.pid
+
+        try:
+            self.launch(cid, "", stdio, spawn, reply)
+        except BaseException:
+            del self.containers[cid]
+            container.release(box)
+            raise
+
+    def start_process(self, args: dict[str, Any], reply: Reply) -> None:
+        """``exec``: one more process in a running container's namespaces."""
+        cid = str(args["container"])
+        box = self.containers.get(cid)
+        if box is None or not box.pid:
+            raise container.StartError(125, f"no running container {cid} in this pod")
+        exec_id = str(args["id"])
+        if not exec_id or any(p.exec_id == exec_id for p in self.processes.values()):
+            raise container.StartError(125, f"process {exec_id!r} is empty or already running")
+        spec = process_spec(args["process"])
+        stdio = Stdio.open(args, box)
+        self.launch(cid, exec_id, stdio,
+                    lambda errors: container.enter(box, spec, stdio.child, errors, stdio.terminal >= 0), reply)
+
+    def launch(self, cid: str, exec_id: str, stdio: Stdio, spawn: Callable[[int], int], reply: Reply) -> None:
+        """Fork a process with ``spawn`` and track it: its output streams, its stdin, its start's
+        outcome (answered on ``reply``), its exit."""
+        errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = spawn(errors_w)
+        except BaseException:
+            os.close(errors_r)
+            stdio.close_child()
+            for out in stdio.outputs:
+                os.close(out.fd)
+            stdio.close()
+            raise
         finally:
-            for fd in (stdout_w, stderr_w, errors_w, null):
-                os.close(fd)
-        outputs = [Output(stdout_r, int(args["stdout"])), Output(stderr_r, int(args["stderr"]))]
-        process = Process(cid, outputs, errors_r)
-        self.processes[box.pid] = process
-        for out in outputs:
+            os.close(errors_w)
+        stdio.close_child()
+        process = Process(cid, stdio, errors_r, exec_id)
+        self.processes[pid] = process
+        for out in stdio.outputs:
             os.set_blocking(out.fd, False)
             self.outputs[out.stream] = out
             self.selector.register(out.fd, selectors.EVENT_READ, self.reader(out))
+        if stdio.input is not None:
+            os.set_blocking(stdio.input.fd, False)
+            self.inputs[stdio.input.stream] = stdio.input
+        if stdio.terminal >= 0:
+            self.terminals[cid, exec_id] = stdio.terminal
 
         def on_errors(_mask: int) -> None:
-            # EOF with nothing said means the main process exec'd: the start succeeded.
+            # EOF with nothing said means the process exec'd: the start succeeded.
             chunk = os.read(errors_r, 4096)
             if chunk:
                 process.error += chunk[: max(0, 8192 - len(process.error))]
@@ -370,10 +552,17 @@ class Agent:
                 except (ValueError, KeyError, TypeError):
                     reply.fail(125, "container setup failed: " + process.error.decode(errors="replace"))
             else:
-                reply.ok({"pid": box.pid})
+                reply.ok({"pid": pid})
             self.check_all()
 
         self.selector.register(errors_r, selectors.EVENT_READ, on_errors)
+
+    def resize(self, args: dict[str, Any], reply: Reply) -> None:
+        terminal = self.terminals.get((str(args["id"]), str(args.get("process") or "")))
+        if terminal is None:
+            raise container.StartError(125, "no such process with a terminal in this pod")
+        set_size(terminal, args)
+        reply.ok({})
 
     def export_container(self, args: dict[str, Any], reply: Reply) -> None:
         """Stream a tar of a running container's root filesystem (the image with its changes) on ``stream``.
@@ -442,6 +631,15 @@ class Agent:
         os.sync()
         self.running = False
         reply.ok({})
+
+
+def process_spec(args: dict[str, Any]) -> container.ProcessSpec:
+    return container.ProcessSpec(
+        args=[str(a) for a in args["args"]],
+        env=[str(e) for e in args.get("env", [])],
+        cwd=str(args.get("cwd") or "/"),
+        user=str(args.get("user") or ""),
+    )
 
 
 def main(started: float) -> None:

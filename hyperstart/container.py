@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import signal
 import socket
 import stat
+import struct
 
 from hyperstart import syscalls
 from hyperstart.protocol import exit_status
 
 RUN = "/run/hyper"
+TIOCSCTTY = 0x540E
+TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
 NAMING_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
@@ -112,7 +117,26 @@ def assemble(container_id: str, lower: str, disk: tuple[str, str] | None = None)
     mounts.append(root)
     for sub in ("proc", "sys", "dev"):
         os.makedirs(f"{root}/{sub}", exist_ok=True)
+    # The container's devpts instance, made here so that the agent can open terminals in it
+    # (ptmx) for the container's processes; the container sees it as its /dev/pts.
+    pts = f"{base}/pts"
+    os.makedirs(pts, exist_ok=True)
+    syscalls.mount("devpts", pts, "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
+                   "newinstance,ptmxmode=0666,mode=0620")
+    mounts.append(pts)
     return Container(container_id, root, container_id[:12], mounts)
+
+
+def open_terminal(container: Container) -> tuple[int, int]:
+    """A pty (master, slave) in the container's own devpts, so its name resolves inside the container."""
+    master = os.open(f"{RUN}/containers/{container.id}/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(master)
+        raise
+    return master, slave
 
 
 def stage_files(container: Container, files: dict[str, str]) -> None:
@@ -145,15 +169,14 @@ def release(container: Container) -> None:
             syscalls.umount(target, syscalls.MNT_DETACH)
 
 
-def _populate_dev(root: str) -> None:
+def _populate_dev(root: str, pts: str) -> None:
     dev = f"{root}/dev"
     syscalls.mount("tmpfs", dev, "tmpfs", syscalls.MS_NOSUID, "mode=755,size=65536k")
     for name, major, minor in DEVICES:
         os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         os.chmod(f"{dev}/{name}", 0o666)
     os.mkdir(f"{dev}/pts")
-    syscalls.mount("devpts", f"{dev}/pts", "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
-                   "newinstance,ptmxmode=0666,mode=0620")
+    syscalls.mount(pts, f"{dev}/pts", None, syscalls.MS_BIND)
     os.mkdir(f"{dev}/shm")
     syscalls.mount("shm", f"{dev}/shm", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
                    "mode=1777,size=65536k")
@@ -173,7 +196,7 @@ def _enter_root(container: Container) -> None:
     plain = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
     syscalls.mount("proc", f"{root}/proc", "proc", plain)
     syscalls.mount("sysfs", f"{root}/sys", "sysfs", plain | syscalls.MS_RDONLY)
-    _populate_dev(root)
+    _populate_dev(root, f"{RUN}/containers/{container.id}/pts")
     os.chdir(root)
     syscalls.pivot_root(".", ".")
     syscalls.umount(".", syscalls.MNT_DETACH)
@@ -267,12 +290,13 @@ def _reap(main: int) -> None:
             os._exit(exit_status(status))
 
 
-def spawn(container: Container, spec: ProcessSpec, stdio: tuple[int, int, int], errors: int) -> int:
+def spawn(container: Container, spec: ProcessSpec, stdio: list[int], errors: int, tty: bool = False) -> int:
     """Fork the container's PID 1 (the reaper) and its main process.
 
-    ``stdio`` are the descriptors for the main process's 0, 1, 2; ``errors`` is the
-    write end of a close-on-exec pipe on which a failed start writes one JSON line.
-    Returns the reaper's pid (as seen by the agent).
+    ``stdio`` are the descriptors for the main process's 0, 1, 2 (with ``tty``, a terminal
+    that becomes its controlling one); ``errors`` is the write end of a close-on-exec pipe
+    on which a failed start writes one JSON line.  Returns the reaper's pid (as seen by the
+    agent).
     """
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     pid = -1
@@ -294,8 +318,7 @@ def spawn(container: Container, spec: ProcessSpec, stdio: tuple[int, int, int], 
         socket.sethostname(container.hostname)
         main = os.fork()
         if main == 0:
-            for target, source in enumerate(stdio):
-                os.dup2(source, target, inheritable=True)
+            _take_stdio(stdio, tty)
             _exec(spec)
         null = os.open("/dev/null", os.O_RDWR)
         for target in (0, 1, 2):
@@ -307,6 +330,48 @@ def spawn(container: Container, spec: ProcessSpec, stdio: tuple[int, int, int], 
     except BaseException as err:
         _report(errors, 125, f"container setup failed: {err}")
     os._exit(255)
+
+
+def enter(container: Container, spec: ProcessSpec, stdio: list[int], errors: int, tty: bool = False) -> int:
+    """Fork a process into a running container's PID, mount, UTS and IPC namespaces (``exec``);
+    it is the agent's child, so the agent reaps it and reports its exit.  Returns its pid."""
+    names = (("pid", syscalls.CLONE_NEWPID), ("mnt", syscalls.CLONE_NEWNS), ("uts", syscalls.CLONE_NEWUTS),
+             ("ipc", syscalls.CLONE_NEWIPC))
+    namespaces = [(os.open(f"/proc/{container.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), flag)
+                  for name, flag in names]
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    pid = -1
+    try:
+        syscalls.setns(namespaces[0][0], syscalls.CLONE_NEWPID)
+        pid = os.fork()
+    finally:
+        if pid != 0:
+            syscalls.setns(own, syscalls.CLONE_NEWPID)
+            os.close(own)
+            for fd, _ in namespaces:
+                os.close(fd)
+    if pid:
+        return pid
+    try:
+        signal.set_wakeup_fd(-1)
+        for fd, flag in namespaces[1:]:
+            syscalls.setns(fd, flag)  # the mount namespace's root is the container's: we are inside it
+        os.chdir("/")
+        _take_stdio(stdio, tty)
+        _exec(spec)
+    except StartError as err:
+        _report(errors, err.code, str(err))
+    except BaseException as err:
+        _report(errors, 125, f"exec setup failed: {err}")
+    os._exit(255)
+
+
+def _take_stdio(stdio: list[int], tty: bool) -> None:
+    for target, source in enumerate(stdio):
+        os.dup2(source, target, inheritable=True)
+    if tty:
+        os.setsid()
+        fcntl.ioctl(0, TIOCSCTTY, 0)
 
 
 def _report(errors: int, code: int, message: str) -> None:

@@ -210,6 +210,9 @@ def test_run_detached_prints_the_id(hyperd: FakeHyperd) -> None:
         "DnsSearch": [],
         "DnsOptions": [],
         "ExtraHosts": [],
+        "Tty": False,
+        "OpenStdin": False,
+        "StdinOnce": False,
     }
     assert len(hyperd.seen("POST", f"/containers/{CID}/start")) == 1
 
