@@ -116,6 +116,14 @@ def _options(items: Iterable[str], flag: str) -> dict[str, str]:
     return options
 
 
+def _restart_policy(text: str) -> dict[str, Any]:
+    """``--restart on-failure:3`` as docker's RestartPolicy object (hyperd checks the name)."""
+    name, _, count = text.partition(":")
+    if count and not count.isdigit():
+        raise HyperError(f"invalid restart policy {text!r}: the maximum retry count must be a number")
+    return {"Name": name, "MaximumRetryCount": int(count or 0)}
+
+
 def _environment(items: Iterable[str]) -> list[str]:
     """``-e`` values as ``K=V``; a bare ``K`` takes its value from our own environment."""
     env = []
@@ -147,6 +155,8 @@ def _container_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--storage-opt", "storage_opts", multiple=True, metavar="size=SIZE",
                      help="Give the container a writable disk of its own of SIZE (512M, 2G): a hard limit, kept "
                           "across restarts."),
+        click.option("--restart", default="no", metavar="POLICY",
+                     help="no, on-failure[:N], always or unless-stopped: restart the container when it exits."),
         click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and attached."),
         click.option("-t", "--tty", is_flag=True, help="Give the command a terminal."),
         click.option("-h", "--hostname", default="", metavar="NAME", help="The container's host name."),
@@ -202,6 +212,7 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
         "Tty": settings["tty"],
         "OpenStdin": settings["interactive"],
         "StdinOnce": settings["interactive"] and once,
+        "RestartPolicy": _restart_policy(settings["restart"]),
     }
     endpoint = network.endpoint_config(settings["aliases"], settings["ip"], settings["mac"])
     if endpoint:

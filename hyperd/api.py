@@ -119,6 +119,8 @@ def _ago(timestamp: float) -> str:
 
 
 def _status(container: Container) -> str:
+    if container.restarting:
+        return f"Restarting ({container.exit_code}) {_ago(container.finished)} ago"
     if container.state == ContainerState.RUNNING:
         return f"Up {_ago(container.started)}"
     if container.state == ContainerState.EXITED:
@@ -150,6 +152,7 @@ def _inspect(container: Container) -> dict[str, Any]:
         "Path": spec.args[0] if spec.args else "",
         "Args": list(spec.args[1:]),
         "Image": spec.image_id,
+        "RestartCount": container.restart_count,
         "State": {
             "Status": str(container.state),
             "Running": container.state == ContainerState.RUNNING,
@@ -158,6 +161,7 @@ def _inspect(container: Container) -> dict[str, Any]:
             "StartedAt": _iso(container.started),
             "FinishedAt": _iso(container.finished),
             "Pid": container.vm_pid if container.state == ContainerState.RUNNING else 0,
+            "Restarting": container.restarting,
             "Timings": container.timings,
         },
         "Config": {
@@ -176,6 +180,8 @@ def _inspect(container: Container) -> dict[str, Any]:
             "StdinOnce": spec.stdin_once,
         },
         "HostConfig": {"AutoRemove": spec.autoremove,
+                       "RestartPolicy": {"Name": str(spec.restart.policy),
+                                         "MaximumRetryCount": spec.restart.max_retries},
                        "StorageOpt": {"size": str(spec.storage_size)} if spec.storage_size else {},
                        "NetworkMode": spec.network_mode, "PortBindings": _bindings(spec.ports),
                        "PublishAllPorts": spec.publish_all, "Dns": list(spec.dns), "DnsSearch": list(spec.dns_search),
@@ -304,8 +310,22 @@ async def create_container(request: web.Request) -> web.Response:
         user=str(body.get("User") or ""), autoremove=bool(body.get("AutoRemove")),
         storage_opt=_string_map(body, "StorageOpt"), network=_network_request(body), tty=bool(body.get("Tty")),
         open_stdin=bool(body.get("OpenStdin")), stdin_once=bool(body.get("StdinOnce")),
+        restart=_restart_policy(body.get("RestartPolicy")),
     )
     return web.json_response({"Id": container.id, "Warnings": []}, status=201)
+
+
+def _restart_policy(value: Any) -> str:
+    """Docker's ``{"Name": "on-failure", "MaximumRetryCount": 3}`` as ``on-failure:3``."""
+    if value is None:
+        return "no"
+    if not isinstance(value, dict) or not isinstance(value.get("Name", ""), str):
+        raise errors.InvalidArgument("RestartPolicy must be an object with a Name")
+    count = value.get("MaximumRetryCount") or 0
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise errors.InvalidArgument("RestartPolicy.MaximumRetryCount must be a non-negative integer")
+    name = value.get("Name") or "no"
+    return f"{name}:{count}" if count else name
 
 
 def _string_map(body: dict[str, Any], key: str) -> dict[str, str]:

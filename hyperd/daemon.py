@@ -32,6 +32,7 @@ from hyperd.image.reference import server_host
 from hyperd.image.store import Image, ImageStore
 from hyperd.network import Endpoint, NetworkRequest, ports
 from hyperd.network.manager import Attachment, Networks, Wiring
+from hyperd.restart import RestartPolicy, next_delay
 from hyperd.state import Container, ContainerSpec, ContainerState, Database, parse_signal
 from hyperd.vm import Disk, VMSpec
 from hyperd.vm.qemu import Qemu, QemuVM, log_tail
@@ -101,6 +102,8 @@ class Daemon:
         self.booted: dict[str, asyncio.Event] = {}
         """Set while the container's pod runs: where stdin that arrived early waits."""
         self.execs: dict[str, Exec] = {}
+        self.restarts: dict[str, asyncio.Task[None]] = {}
+        """Pending restarts by restart policy, by container id."""
         self.supervisors: set[asyncio.Task[None]] = set()
         self.closing = False
 
@@ -114,6 +117,7 @@ class Daemon:
                 container.state = ContainerState.EXITED
                 container.exit_code = 255
                 container.error = "hyperd stopped while the container was running"
+                container.stopped_by_daemon = True
                 container.finished = container.finished or time.time()
                 self.db.save(container)
             self._track(container)
@@ -123,6 +127,8 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop every pod (their containers exit as killed) and wait for the supervisors."""
         self.closing = True
+        for task in list(self.restarts.values()):
+            task.cancel()
         await asyncio.gather(*(self._stop_pod(cid, 0) for cid in list(self.pods)), return_exceptions=True)
         if self.supervisors:
             await asyncio.wait(self.supervisors, timeout=SHUTDOWN_TIMEOUT * 2)
@@ -165,8 +171,12 @@ class Daemon:
     def create(self, image_ref: str, name: str | None, cmd: list[str] | None, entrypoint: list[str] | None,
                env: list[str], workdir: str, user: str, autoremove: bool,
                storage_opt: dict[str, str] | None = None, network: NetworkRequest | None = None,
-               tty: bool = False, open_stdin: bool = False, stdin_once: bool = False) -> Container:
+               tty: bool = False, open_stdin: bool = False, stdin_once: bool = False,
+               restart: str = "no") -> Container:
         storage_size = storage.parse_options(storage_opt or {})
+        policy = RestartPolicy.parse(restart)
+        if policy.enabled and autoremove:
+            raise errors.InvalidArgument("conflicting options: --restart and --rm")
         image = self.images.resolve(image_ref)
         wiring = self._network_spec(network or NetworkRequest(), image.config.exposed_ports)
         if name is not None:
@@ -178,7 +188,7 @@ class Daemon:
                 raise errors.InvalidArgument(f"invalid environment variable {item!r}")
         spec = replace(_resolve_spec(image_ref, image, cmd, entrypoint, env, workdir, user, autoremove),
                        storage_size=storage_size, tty=tty, open_stdin=open_stdin, stdin_once=stdin_once and open_stdin,
-                       **wiring)
+                       restart=policy, **wiring)
         if not spec.args:
             raise errors.InvalidArgument("no command specified")
         if len(json.dumps([spec.args, spec.env, spec.workdir, spec.user])) > MAX_PROCESS_SPEC:
@@ -299,12 +309,19 @@ class Daemon:
 
     # -- start --------------------------------------------------------------------------
 
-    async def start(self, ref: str) -> Container:
+    async def start(self, ref: str, by_policy: bool = False) -> Container:
+        """Start the container (a new VM); ``by_policy``: a restart its restart policy asked for."""
         container = self.get(ref)
         if self.closing:
             raise errors.Conflict("hyperd is shutting down")
         if container.state == ContainerState.RUNNING:
             return container
+        if not by_policy:
+            self._cancel_restart(container)
+            container.restart_count = 0
+            container.restart_delay = 0.0
+        container.restarting = False
+        container.stopped_by_user = container.stopped_by_daemon = False
         container.transition(ContainerState.RUNNING, "start")
         container.error = ""
         container.log_error = ""
@@ -513,6 +530,9 @@ class Daemon:
             elif pod.stopping:
                 container.exit_code = 137
             else:
+                # The agent's channel closing is usually QEMU going: let it say how, killed or not.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(died), 1.0)
                 container.exit_code = 137 if pod.vm.child.returncode in (-9, -15) else 255
                 container.error = (pod.client.error and str(pod.client.error)) or "the pod's VM exited unexpectedly"
             mark("exited")
@@ -531,9 +551,58 @@ class Daemon:
             self.pods.pop(container.id, None)
             container.state = ContainerState.EXITED
             container.finished = time.time()
+            if self.closing:
+                container.stopped_by_daemon = True
+            self._schedule_restart(container)
             self._finish(container)
             if container.spec.autoremove:
                 await self._autoremove(container)
+
+    # -- restart policies ---------------------------------------------------------------
+
+    def _schedule_restart(self, container: Container) -> None:
+        """After an exit: a restart later, if the container's policy asks for one."""
+        policy = container.spec.restart
+        if self.closing or not policy.restarts(container.exit_code, container.restart_count,
+                                               container.stopped_by_user):
+            return
+        container.restart_delay = next_delay(container.restart_delay, container.finished - container.started)
+        self._plan_restart(container, container.restart_delay)
+
+    def _plan_restart(self, container: Container, delay: float) -> None:
+        container.restarting = True
+        task = asyncio.create_task(self._restart_later(container, delay))
+        self.restarts[container.id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self.restarts.get(container.id) is done:
+                del self.restarts[container.id]
+
+        task.add_done_callback(forget)
+
+    async def _restart_later(self, container: Container, delay: float) -> None:
+        await asyncio.sleep(delay)
+        container.restart_count += 1
+        try:
+            await self.start(container.id, by_policy=True)
+        except errors.HyperError as err:
+            # A start that fails is an exit too: the policy decides again, with the back-off.
+            log.warning("restarting %s failed: %s", container.name, str(err).split("\n")[0])
+            container.finished = container.started = time.time()
+            self._schedule_restart(container)
+
+    def _cancel_restart(self, container: Container) -> None:
+        task = self.restarts.pop(container.id, None)
+        if task is not None:
+            task.cancel()
+        container.restarting = False
+
+    def resume(self) -> None:
+        """At start-up: start the containers whose restart policy says so after a daemon start."""
+        for container in self.containers.values():
+            if container.state == ContainerState.EXITED and container.spec.restart.at_daemon_start(
+                    container.stopped_by_user, container.stopped_by_daemon):
+                self._plan_restart(container, 0)
 
     def _finish(self, container: Container) -> None:
         """The container is done running (or never got going): record it, end its streams, wake waiters."""
@@ -564,6 +633,7 @@ class Daemon:
         pod = self.pods.get(container.id)
         if pod is None:
             raise errors.StateError(f"container {container.name} is not running")
+        container.stopped_by_user = True
         if sig == signal.SIGKILL:
             pod.stopping = True
         try:
@@ -576,12 +646,31 @@ class Daemon:
     async def stop(self, ref: str, timeout: float | None) -> bool:
         """False when the container was not running (docker's 304)."""
         container = self.get(ref)
+        container.stopped_by_user = True
+        if container.restarting:
+            self._cancel_restart(container)
+            self.db.save(container)
+            return True
+        await self._booted(container)
         if container.id not in self.pods:
             return False
         await self._stop_pod(container.id, self.config.stop_timeout if timeout is None else timeout)
         return True
 
+    async def _booted(self, container: Container) -> None:
+        """Until a boot in progress has ended, in a running pod or in failure (stopping needs a pod)."""
+        if container.state != ContainerState.RUNNING or container.id in self.pods:
+            return
+        waits = {asyncio.ensure_future(self.booted[container.id].wait()),
+                 asyncio.ensure_future(self.finished[container.id].wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
     async def _stop_pod(self, container_id: str, timeout: float) -> None:
+        await self._booted(self.containers[container_id])
         pod = self.pods.get(container_id)
         if pod is None:
             return
@@ -616,6 +705,7 @@ class Daemon:
                 raise errors.Conflict(
                     f"cannot remove running container {container.name}: stop it first or use rm -f"
                 )
+            container.stopped_by_user = True
             await self._stop_pod(container.id, 0)
             await self.finished[container.id].wait()
             if container.spec.autoremove:
@@ -634,6 +724,7 @@ class Daemon:
     async def _remove(self, container: Container) -> None:
         if container.id not in self.containers:
             return
+        self._cancel_restart(container)
         container.transition(ContainerState.REMOVING, "remove")
         # Best effort: on a full disk, removing is what frees space, so it must not depend on
         # a write first (after a crash, an unrecorded removal is simply done again).

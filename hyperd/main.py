@@ -67,6 +67,7 @@ async def serve(config: Config) -> None:
     daemon = Daemon(config, hypervisor, ImageStore(config.root))
     daemon.recover()
     await daemon.networks.reclaim()
+    daemon.resume()
     # handler_cancellation: a client that goes away ends its attach or logs stream.
     runner = web.AppRunner(application(daemon), access_log=None, handle_signals=False, handler_cancellation=True,
                            shutdown_timeout=5)

@@ -18,6 +18,7 @@ from typing import Any
 from hyperd.errors import InvalidArgument, StateError, StorageError
 from hyperd.network import Endpoint
 from hyperd.network.ports import PortBinding
+from hyperd.restart import Policy, RestartPolicy
 
 
 class ContainerState(enum.StrEnum):
@@ -71,6 +72,7 @@ class ContainerSpec:
     """Whether the command gets a stdin a client can write to (``-i``)."""
     stdin_once: bool = False
     """Whether that stdin ends when the first attached client's input ends (``run -i``)."""
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
 
 def parse_signal(name: str) -> int:
@@ -122,6 +124,15 @@ class Container:
     """The ports published for this run, as docker lists them (IP, PrivatePort, PublicPort, Type)."""
     networks: dict[str, Any] = field(default_factory=dict)
     """The addresses of this run by network name, as docker's NetworkSettings.Networks."""
+    restart_count: int = 0
+    """Restarts by the restart policy since the user last started the container."""
+    stopped_by_user: bool = False
+    """Stopped or killed by the user: the restart policy leaves it be (until the daemon starts again)."""
+    stopped_by_daemon: bool = False
+    """It was running when hyperd went (a shutdown or a crash)."""
+    restarting: bool = False
+    """Exited, with a restart by its policy pending."""
+    restart_delay: float = 0.0
 
     def transition(self, target: ContainerState, action: str) -> None:
         if not self.state.allows(target):
@@ -174,5 +185,7 @@ def _from_record(record: dict[str, Any]) -> Container:
         spec[key] = tuple(spec.get(key, ()))
     spec["endpoints"] = tuple(Endpoint(**{**e, "aliases": tuple(e["aliases"])}) for e in spec.get("endpoints", ()))
     spec["ports"] = tuple(PortBinding(**p) for p in spec.get("ports", ()))
+    restart = spec.get("restart") or {}
+    spec["restart"] = RestartPolicy(Policy(restart.get("policy", "no")), int(restart.get("max_retries", 0)))
     record["state"] = ContainerState(record["state"])
     return Container(spec=ContainerSpec(**spec), **record)

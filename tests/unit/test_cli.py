@@ -213,6 +213,7 @@ def test_run_detached_prints_the_id(hyperd: FakeHyperd) -> None:
         "Tty": False,
         "OpenStdin": False,
         "StdinOnce": False,
+        "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
     }
     assert len(hyperd.seen("POST", f"/containers/{CID}/start")) == 1
 
