@@ -365,6 +365,12 @@ class Client:
     def kill(self, container: str, signal: str) -> None:
         self.call("POST", f"/containers/{_ident(container)}/kill", {"signal": signal})
 
+    def pause(self, container: str) -> None:
+        self.call("POST", f"/containers/{_ident(container)}/pause")
+
+    def unpause(self, container: str) -> None:
+        self.call("POST", f"/containers/{_ident(container)}/unpause")
+
     def remove(self, container: str, force: bool = False) -> None:
         self.call("DELETE", f"/containers/{_ident(container)}", {"force": _flag(force)})
 

@@ -105,15 +105,45 @@ def cli(ctx: click.Context, host: str, config: str | None, debug: bool) -> None:
     ctx.obj = host
 
 
-def _options(items: Iterable[str], flag: str) -> dict[str, str]:
-    """``KEY=VALUE`` flags as a mapping, as docker sends ``--storage-opt`` and the like."""
+def _options(items: Iterable[str], flag: str, bare: bool = False) -> dict[str, str]:
+    """``KEY=VALUE`` flags as a mapping, as docker sends ``--storage-opt`` and the like (with
+    ``bare``, a lone ``KEY`` has an empty value, as ``--label`` allows)."""
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not key or not (sep or bare):
             raise HyperError(f"invalid {flag} {item!r}: expected KEY=VALUE")
         options[key] = value
     return options
+
+
+def _env_files(paths: Iterable[str]) -> list[str]:
+    """``--env-file``: ``K=V`` per line (``#`` comments and blank lines skipped, a bare ``K`` copied
+    from our environment), in the order given; ``-e`` comes after and wins."""
+    items = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as err:
+            raise HyperError(f"open {path}: {(err.strerror or str(err)).lower()}") from None
+        for line in lines:
+            text = line.lstrip()
+            if text and not text.startswith("#"):
+                if "=" not in text and text not in os.environ:
+                    continue  # docker skips a bare name that is not set
+                items.append(text)
+    return _environment(items)
+
+
+def _ulimit(text: str) -> dict[str, Any]:
+    """``--ulimit nofile=1024:2048`` as docker's {Name, Soft, Hard} (hyperd checks the name)."""
+    name, _, values = text.partition("=")
+    soft, _, hard = values.partition(":")
+    try:
+        return {"Name": name, "Soft": int(soft), "Hard": int(hard or soft)}
+    except ValueError:
+        raise HyperError(f"invalid ulimit {text!r}: use NAME=SOFT[:HARD]") from None
 
 
 def _restart_policy(text: str) -> dict[str, Any]:
@@ -155,6 +185,17 @@ def _container_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--storage-opt", "storage_opts", multiple=True, metavar="size=SIZE",
                      help="Give the container a writable disk of its own of SIZE (512M, 2G): a hard limit, kept "
                           "across restarts."),
+        click.option("--env-file", "env_files", multiple=True, metavar="FILE",
+                     help="Read environment variables from FILE, K=V per line (repeatable)."),
+        click.option("-l", "--label", "labels", multiple=True, metavar="K=V", help="Set a label (repeatable)."),
+        click.option("--stop-signal", default="", metavar="SIGNAL", help="The signal that stops the container."),
+        click.option("--stop-timeout", type=int, metavar="SECS", help="Seconds to wait for a stop before SIGKILL."),
+        click.option("--init", is_flag=True,
+                     help="Run an init as the container's PID 1 (hyper always does: a reaper forwards signals)."),
+        click.option("--ulimit", "ulimits", multiple=True, metavar="NAME=SOFT[:HARD]",
+                     help="A resource limit, e.g. nofile=1024:2048 (repeatable)."),
+        click.option("--sysctl", "sysctls", multiple=True, metavar="K=V",
+                     help="A namespaced kernel setting, e.g. net.ipv4.ip_forward=1 (repeatable)."),
         click.option("--restart", default="no", metavar="POLICY",
                      help="no, on-failure[:N], always or unless-stopped: restart the container when it exits."),
         click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and attached."),
@@ -195,7 +236,7 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
         # An empty --entrypoint clears the image's; null keeps it.
         "Entrypoint": None if settings["entrypoint"] is None else [settings["entrypoint"]] if settings["entrypoint"]
         else [],
-        "Env": _environment(settings["env"]),
+        "Env": _env_files(settings["env_files"]) + _environment(settings["env"]),
         "WorkingDir": settings["workdir"],
         "User": settings["user"],
         "AutoRemove": settings["auto_remove"],
@@ -213,6 +254,12 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
         "OpenStdin": settings["interactive"],
         "StdinOnce": settings["interactive"] and once,
         "RestartPolicy": _restart_policy(settings["restart"]),
+        "Labels": _options(settings["labels"], "--label", bare=True),
+        "StopSignal": settings["stop_signal"],
+        "StopTimeout": settings["stop_timeout"],
+        "Init": settings["init"],
+        "Ulimits": [_ulimit(text) for text in settings["ulimits"]],
+        "Sysctls": _options(settings["sysctls"], "--sysctl"),
     }
     endpoint = network.endpoint_config(settings["aliases"], settings["ip"], settings["mac"])
     if endpoint:
@@ -286,7 +333,7 @@ def _create(client: Client, config: dict[str, Any], name: str | None, pull_polic
 
 PS_HEADERS = {"ID": "CONTAINER ID", "RunningFor": "CREATED", "CreatedAt": "CREATED AT"}
 """``table`` headers docker prints for these fields of ``hyper ps --format``."""
-PS_FILTERS = ("id", "name", "status", "ancestor")
+PS_FILTERS = ("id", "name", "status", "ancestor", "label")
 
 
 @cli.command()
@@ -295,7 +342,7 @@ PS_FILTERS = ("id", "name", "status", "ancestor")
 @click.option("-n", "--last", "last", type=int, default=-1, metavar="N", help="The N newest containers (any state).")
 @click.option("-l", "--latest", is_flag=True, help="The newest container (any state).")
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help="Only containers matching: id=, name=, status=, ancestor= (repeatable).")
+              help="Only containers matching: id=, name=, status=, ancestor=, label=K[=V] (repeatable).")
 @click.option("--format", "fmt", metavar="TEMPLATE", help="Go template, 'table TEMPLATE' or 'json'.")
 @click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
 @click.pass_obj
@@ -356,6 +403,11 @@ def _matches(container: dict[str, Any], wanted: dict[str, str]) -> bool:
             return False
         if key == "status" and container.get("State") != value:
             return False
+        if key == "label":
+            name, eq, wanted_value = value.partition("=")
+            labels = container.get("Labels") or {}
+            if name not in labels or (eq and labels[name] != wanted_value):
+                return False
         if key == "ancestor" and container.get("Image") != value:
             return False
     return True
@@ -415,6 +467,22 @@ def start(host: str, containers: tuple[str, ...]) -> None:
     """Start created or exited containers in the background (each boots a new VM)."""
     client = connect(host)
     each(containers, then_echo(client.start))
+
+
+@cli.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+def pause(host: str, containers: tuple[str, ...]) -> None:
+    """Freeze running containers: their whole VMs stop, memory kept."""
+    each(containers, then_echo(connect(host).pause))
+
+
+@cli.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+def unpause(host: str, containers: tuple[str, ...]) -> None:
+    """Let paused containers run again."""
+    each(containers, then_echo(connect(host).unpause))
 
 
 @cli.command("attach")
@@ -641,7 +709,7 @@ def container_group() -> None:
 for _name, _command in {"ls": ps, "ps": ps, "create": create, "run": run, "start": start, "stop": stop,
                         "restart": restart, "kill": kill, "rm": rm, "wait": wait, "logs": logs, "rename": rename,
                         "export": export, "prune": prune, "port": network.port, "attach": attach_command,
-                        "exec": exec_command}.items():
+                        "exec": exec_command, "pause": pause, "unpause": unpause}.items():
     container_group.add_command(_command, _name)
 container_group.add_command(inspect, "inspect")
 

@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from hyperd import __version__, errors, logs
-from hyperd.daemon import Daemon
+from hyperd.daemon import CreateRequest, Daemon
 from hyperd.guest import Input
 from hyperd.image import (
     ImageError,
@@ -122,7 +122,7 @@ def _status(container: Container) -> str:
     if container.restarting:
         return f"Restarting ({container.exit_code}) {_ago(container.finished)} ago"
     if container.state == ContainerState.RUNNING:
-        return f"Up {_ago(container.started)}"
+        return f"Up {_ago(container.started)}" + (" (Paused)" if container.paused else "")
     if container.state == ContainerState.EXITED:
         return f"Exited ({container.exit_code}) {_ago(container.finished)} ago"
     return str(container.state).capitalize()
@@ -136,9 +136,10 @@ def _summary(container: Container) -> dict[str, Any]:
         "ImageID": container.spec.image_id,
         "Command": " ".join(container.spec.args),
         "Created": int(container.created),
-        "State": str(container.state),
+        "State": "paused" if container.paused else str(container.state),
         "Status": _status(container),
         "Ports": container.ports,
+        "Labels": dict(container.spec.labels),
         "HostConfig": {"NetworkMode": container.spec.network_mode},
     }
 
@@ -154,8 +155,9 @@ def _inspect(container: Container) -> dict[str, Any]:
         "Image": spec.image_id,
         "RestartCount": container.restart_count,
         "State": {
-            "Status": str(container.state),
+            "Status": "paused" if container.paused else str(container.state),
             "Running": container.state == ContainerState.RUNNING,
+            "Paused": container.paused,
             "ExitCode": container.exit_code,
             "Error": container.error or container.log_error,
             "StartedAt": _iso(container.started),
@@ -173,13 +175,16 @@ def _inspect(container: Container) -> dict[str, Any]:
             "User": spec.user,
             "Labels": dict(spec.labels),
             "StopSignal": signal_name(spec.stop_signal),
+            "StopTimeout": spec.stop_timeout,
             "ExposedPorts": {port: {} for port in spec.exposed_ports},
             "Hostname": spec.hostname or container.id[:12],
             "Tty": spec.tty,
             "OpenStdin": spec.open_stdin,
             "StdinOnce": spec.stdin_once,
         },
-        "HostConfig": {"AutoRemove": spec.autoremove,
+        "HostConfig": {"AutoRemove": spec.autoremove, "Init": True,
+                       "Ulimits": [{"Name": n, "Soft": soft, "Hard": hard} for n, soft, hard in spec.ulimits],
+                       "Sysctls": dict(spec.sysctls),
                        "RestartPolicy": {"Name": str(spec.restart.policy),
                                          "MaximumRetryCount": spec.restart.max_retries},
                        "StorageOpt": {"size": str(spec.storage_size)} if spec.storage_size else {},
@@ -304,14 +309,22 @@ async def create_container(request: web.Request) -> web.Response:
             raise errors.InvalidArgument(f"{key} must be a list of strings")
         return list(value)
 
-    container = _daemon(request).create(
-        image_ref=body["Image"], name=request.query.get("name"), cmd=strings("Cmd"),
-        entrypoint=strings("Entrypoint"), env=strings("Env") or [], workdir=str(body.get("WorkingDir") or ""),
-        user=str(body.get("User") or ""), autoremove=bool(body.get("AutoRemove")),
-        storage_opt=_string_map(body, "StorageOpt"), network=_network_request(body), tty=bool(body.get("Tty")),
-        open_stdin=bool(body.get("OpenStdin")), stdin_once=bool(body.get("StdinOnce")),
-        restart=_restart_policy(body.get("RestartPolicy")),
-    )
+    timeout = body.get("StopTimeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0):
+        raise errors.InvalidArgument("StopTimeout must be a non-negative number of seconds")
+    ulimits = body.get("Ulimits") or []
+    if not isinstance(ulimits, list) or not all(isinstance(u, dict) for u in ulimits):
+        raise errors.InvalidArgument("Ulimits must be a list of {Name, Soft, Hard}")
+    container = _daemon(request).create(CreateRequest(
+        image=body["Image"], cmd=strings("Cmd"), entrypoint=strings("Entrypoint"), env=strings("Env") or [],
+        workdir=str(body.get("WorkingDir") or ""), user=str(body.get("User") or ""),
+        autoremove=bool(body.get("AutoRemove")), storage_opt=_string_map(body, "StorageOpt"),
+        network=_network_request(body), tty=bool(body.get("Tty")), open_stdin=bool(body.get("OpenStdin")),
+        stdin_once=bool(body.get("StdinOnce")), restart=_restart_policy(body.get("RestartPolicy")),
+        labels=_string_map(body, "Labels"), stop_signal=str(body.get("StopSignal") or ""), stop_timeout=timeout,
+        ulimits=tuple(f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}" for u in ulimits),
+        sysctls=_string_map(body, "Sysctls"),
+    ), request.query.get("name"))
     return web.json_response({"Id": container.id, "Warnings": []}, status=201)
 
 
@@ -469,6 +482,16 @@ async def stop_container(request: web.Request) -> web.Response:
 async def kill_container(request: web.Request) -> web.Response:
     number = parse_signal(request.query.get("signal", "SIGKILL"))
     await _daemon(request).kill(request.match_info["id"], number)
+    return web.Response(status=204)
+
+
+async def pause_container(request: web.Request) -> web.Response:
+    await _daemon(request).pause(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def unpause_container(request: web.Request) -> web.Response:
+    await _daemon(request).unpause(request.match_info["id"])
     return web.Response(status=204)
 
 
@@ -831,6 +854,8 @@ def routes() -> list[web.RouteDef]:
         web.post("/containers/{id}/wait", wait_container),
         web.post("/containers/{id}/stop", stop_container),
         web.post("/containers/{id}/kill", kill_container),
+        web.post("/containers/{id}/pause", pause_container),
+        web.post("/containers/{id}/unpause", unpause_container),
         web.get("/containers/{id}/logs", container_logs),
         web.get("/containers/{id}/export", export_container),
         web.post("/containers/{id}/rename", rename_container),

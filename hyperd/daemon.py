@@ -53,6 +53,32 @@ NOUNS = ("babbage", "curie", "darwin", "euler", "fermat", "gauss", "hopper", "ke
 Subscriber = asyncio.Queue[tuple[int, bytes] | None]
 
 
+@dataclass(frozen=True)
+class CreateRequest:
+    """What ``docker create`` sends, before it is checked and resolved against the image."""
+
+    image: str
+    cmd: list[str] | None = None
+    """None: the image's; [] clears it only with an explicit entrypoint."""
+    entrypoint: list[str] | None = None
+    env: list[str] = field(default_factory=list)
+    workdir: str = ""
+    user: str = ""
+    autoremove: bool = False
+    storage_opt: dict[str, str] = field(default_factory=dict)
+    network: NetworkRequest = field(default_factory=NetworkRequest)
+    tty: bool = False
+    open_stdin: bool = False
+    stdin_once: bool = False
+    restart: str = "no"
+    labels: dict[str, str] = field(default_factory=dict)
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+    ulimits: tuple[str, ...] = ()
+    """``name=soft[:hard]``, as ``--ulimit`` takes them."""
+    sysctls: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class Pod:
     """A running VM and the live state of the container in it."""
@@ -168,27 +194,30 @@ class Daemon:
 
     # -- create -------------------------------------------------------------------------
 
-    def create(self, image_ref: str, name: str | None, cmd: list[str] | None, entrypoint: list[str] | None,
-               env: list[str], workdir: str, user: str, autoremove: bool,
-               storage_opt: dict[str, str] | None = None, network: NetworkRequest | None = None,
-               tty: bool = False, open_stdin: bool = False, stdin_once: bool = False,
-               restart: str = "no") -> Container:
-        storage_size = storage.parse_options(storage_opt or {})
-        policy = RestartPolicy.parse(restart)
-        if policy.enabled and autoremove:
+    def create(self, request: CreateRequest, name: str | None) -> Container:
+        storage_size = storage.parse_options(request.storage_opt)
+        policy = RestartPolicy.parse(request.restart)
+        if policy.enabled and request.autoremove:
             raise errors.InvalidArgument("conflicting options: --restart and --rm")
-        image = self.images.resolve(image_ref)
-        wiring = self._network_spec(network or NetworkRequest(), image.config.exposed_ports)
+        image = self.images.resolve(request.image)
+        wiring = self._network_spec(request.network, image.config.exposed_ports)
         if name is not None:
             _validate_name(name)
             if any(c.name == name for c in self.containers.values()):
                 raise errors.Conflict(f'the container name "/{name}" is already in use')
-        for item in env:
+        for item in request.env:
             if not item.partition("=")[0]:
                 raise errors.InvalidArgument(f"invalid environment variable {item!r}")
-        spec = replace(_resolve_spec(image_ref, image, cmd, entrypoint, env, workdir, user, autoremove),
-                       storage_size=storage_size, tty=tty, open_stdin=open_stdin, stdin_once=stdin_once and open_stdin,
-                       restart=policy, **wiring)
+        ulimits = tuple(_ulimit(text) for text in request.ulimits)
+        for key in request.sysctls:
+            _check_sysctl(key, wiring["network_mode"])
+        base = _resolve_spec(request.image, image, request.cmd, request.entrypoint, request.env, request.workdir,
+                             request.user, request.autoremove)
+        spec = replace(base, storage_size=storage_size, tty=request.tty, open_stdin=request.open_stdin,
+                       stdin_once=request.stdin_once and request.open_stdin, restart=policy,
+                       labels={**base.labels, **request.labels},
+                       stop_signal=parse_signal(request.stop_signal) if request.stop_signal else base.stop_signal,
+                       stop_timeout=request.stop_timeout, ulimits=ulimits, sysctls=dict(request.sysctls), **wiring)
         if not spec.args:
             raise errors.InvalidArgument("no command specified")
         if len(json.dumps([spec.args, spec.env, spec.workdir, spec.user])) > MAX_PROCESS_SPEC:
@@ -431,8 +460,9 @@ class Daemon:
                 "rootfs": rootfs,
                 "hostname": container.spec.hostname or container.id[:12],
                 "files": attachment.files,
-                "process": {"args": list(container.spec.args), "env": list(container.spec.env),
-                            "cwd": container.spec.workdir or "/", "user": container.spec.user},
+                "process": _process(container.spec.args, container.spec.env, container.spec.workdir,
+                                    container.spec.user, container.spec.ulimits),
+                **({"sysctls": container.spec.sysctls} if container.spec.sysctls else {}),
                 "stdout": stdout.id, "tty": container.spec.tty,
                 **({"stderr": stderr.id} if stderr is not None else {}),
                 **({"stdin": pod.stdin.id} if pod.stdin is not None else {}),
@@ -543,7 +573,7 @@ class Daemon:
             for task in pod.tasks:
                 task.cancel()
             await self._detach(pod.network)
-            container.ports, container.networks = [], {}
+            container.ports, container.networks, container.paused = [], {}, False
             self.booted[container.id].clear()
             for ex in self.execs.values():
                 if ex.container is container and not ex.done.is_set():
@@ -628,11 +658,39 @@ class Daemon:
 
     # -- signals, stop, wait, remove ----------------------------------------------------
 
-    async def kill(self, ref: str, sig: int = signal.SIGKILL) -> None:
+    async def pause(self, ref: str) -> None:
+        """Freeze the container's whole VM through the hypervisor (docker freezes its cgroup)."""
         container = self.get(ref)
+        pod = self._running(container)
+        if container.paused:
+            raise errors.StateError(f"container {container.name} is already paused")
+        await pod.vm.pause()
+        container.paused = True
+        self.db.save(container)
+
+    async def unpause(self, ref: str) -> None:
+        container = self.get(ref)
+        pod = self._running(container)
+        if not container.paused:
+            raise errors.StateError(f"container {container.name} is not paused")
+        await pod.vm.resume()
+        container.paused = False
+        self.db.save(container)
+
+    def _running(self, container: Container, action: str = "") -> Pod:
+        """The container's pod; StateError if it is not running (or, for ``action``, paused)."""
         pod = self.pods.get(container.id)
         if pod is None:
             raise errors.StateError(f"container {container.name} is not running")
+        if action and container.paused:
+            raise errors.StateError(f"cannot {action} container {container.name}: it is paused, unpause it first")
+        return pod
+
+    async def kill(self, ref: str, sig: int = signal.SIGKILL) -> None:
+        container = self.get(ref)
+        if container.paused and sig == signal.SIGKILL:
+            await self.unpause(container.id)
+        pod = self._running(container, "signal")
         container.stopped_by_user = True
         if sig == signal.SIGKILL:
             pod.stopping = True
@@ -654,7 +712,8 @@ class Daemon:
         await self._booted(container)
         if container.id not in self.pods:
             return False
-        await self._stop_pod(container.id, self.config.stop_timeout if timeout is None else timeout)
+        default = container.spec.stop_timeout if container.spec.stop_timeout is not None else self.config.stop_timeout
+        await self._stop_pod(container.id, default if timeout is None else timeout)
         return True
 
     async def _booted(self, container: Container) -> None:
@@ -670,10 +729,14 @@ class Daemon:
                 waiting.cancel()
 
     async def _stop_pod(self, container_id: str, timeout: float) -> None:
-        await self._booted(self.containers[container_id])
+        container = self.containers[container_id]
+        await self._booted(container)
         pod = self.pods.get(container_id)
         if pod is None:
             return
+        if container.paused:  # a frozen guest cannot be asked to stop
+            await pod.vm.resume()
+            container.paused = False
         pod.stopping = True
         finished = self.finished[container_id]
         if timeout > 0:
@@ -760,8 +823,7 @@ class Daemon:
     def create_exec(self, ref: str, cmd: list[str], env: list[str], workdir: str, user: str, tty: bool,
                     open_stdin: bool) -> Exec:
         container = self.get(ref)
-        if container.id not in self.pods:
-            raise errors.StateError(f"container {container.name} is not running")
+        self._running(container, "exec in")
         if not cmd:
             raise errors.InvalidArgument("no command specified")
         merged = dict(item.partition("=")[::2] for item in container.spec.env)
@@ -788,9 +850,7 @@ class Daemon:
         ex = self.get_exec(exec_id)
         if ex.running or ex.exit_code is not None:
             raise errors.Conflict(f"exec {exec_id[:12]} has already run")
-        pod = self.pods.get(ex.container.id)
-        if pod is None:
-            raise errors.StateError(f"container {ex.container.name} is not running")
+        pod = self._running(ex.container, "exec in")
         if pod.client.info is None or "exec" not in pod.client.info.capabilities:
             raise errors.StateError("the guest agent cannot exec (a guest disk older than this hyperd)")
         ex.running = True
@@ -805,7 +865,7 @@ class Daemon:
                 "container": ex.container.id, "id": ex.id, "tty": ex.tty, "stdout": stdout.id,
                 **({"stderr": stderr.id} if stderr is not None else {}),
                 **({"stdin": ex.stdin.id} if ex.stdin is not None else {}),
-                "process": {"args": list(ex.args), "env": list(ex.env), "cwd": ex.workdir or "/", "user": ex.user},
+                "process": _process(ex.args, ex.env, ex.workdir, ex.user, ex.container.spec.ulimits),
             })
         except errors.StartFailed as err:
             self._end_exec(ex, err.exit_code)
@@ -986,6 +1046,50 @@ def _validate_name(name: str) -> None:
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
     if not name or not name[0].isalnum() or not set(name) <= allowed or len(name) > 128:
         raise errors.InvalidArgument(f'invalid container name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
+
+
+def _process(args: tuple[str, ...], env: tuple[str, ...], workdir: str, user: str,
+             ulimits: tuple[tuple[str, int, int], ...]) -> dict[str, Any]:
+    """A process as the agent's ``container.start`` and ``process.start`` take it."""
+    process: dict[str, Any] = {"args": list(args), "env": list(env), "cwd": workdir or "/", "user": user}
+    if ulimits:
+        process["rlimits"] = [[RLIMITS[name], soft, hard] for name, soft, hard in ulimits]
+    return process
+
+
+RLIMITS = {"cpu": 0, "fsize": 1, "data": 2, "stack": 3, "core": 4, "rss": 5, "nproc": 6, "nofile": 7, "memlock": 8,
+           "as": 9, "locks": 10, "sigpending": 11, "msgqueue": 12, "nice": 13, "rtprio": 14, "rttime": 15}
+"""docker's ``--ulimit`` names and their Linux resource numbers."""
+NAMESPACED_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+                      "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
+UNLIMITED = 2**64 - 1
+
+
+def _ulimit(text: str) -> tuple[str, int, int]:
+    """``nofile=1024:2048`` as (name, soft, hard); -1 is unlimited."""
+    name, eq, values = text.partition("=")
+    soft_text, _, hard_text = values.partition(":")
+    try:
+        soft = int(soft_text)
+        hard = int(hard_text) if hard_text else soft
+    except ValueError:
+        raise errors.InvalidArgument(f"invalid ulimit {text!r}: use NAME=SOFT[:HARD]") from None
+    if name not in RLIMITS or not eq:
+        raise errors.InvalidArgument(f"invalid ulimit {text!r}: unknown name (one of {', '.join(RLIMITS)})")
+    soft, hard = (UNLIMITED if v == -1 else v for v in (soft, hard))
+    if min(soft, hard) < 0 or soft > hard:
+        raise errors.InvalidArgument(f"invalid ulimit {text!r}: the soft limit must not exceed the hard one")
+    return name, soft, hard
+
+
+def _check_sysctl(key: str, network_mode: str) -> None:
+    """Only what the container's own namespaces isolate, as docker allows (net.* is the whole pod's)."""
+    if key in NAMESPACED_SYSCTLS or key.startswith("fs.mqueue."):
+        return
+    if key.startswith("net.") and network_mode != "none":
+        return
+    raise errors.InvalidArgument(f"sysctl {key!r} is not allowed: only IPC (kernel.shm*, kernel.msg*, kernel.sem, "
+                                 "fs.mqueue.*) and network (net.*) settings can be set per container")
 
 
 def _check_address(text: str, flag: str) -> None:

@@ -73,6 +73,11 @@ class ContainerSpec:
     stdin_once: bool = False
     """Whether that stdin ends when the first attached client's input ends (``run -i``)."""
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    stop_timeout: int | None = None
+    """Seconds ``stop`` waits before SIGKILL (``--stop-timeout``); None: the daemon's default."""
+    ulimits: tuple[tuple[str, int, int], ...] = ()
+    """(name, soft, hard) resource limits of the container's processes."""
+    sysctls: dict[str, str] = field(default_factory=dict)
 
 
 def parse_signal(name: str) -> int:
@@ -132,6 +137,8 @@ class Container:
     """It was running when hyperd went (a shutdown or a crash)."""
     restarting: bool = False
     """Exited, with a restart by its policy pending."""
+    paused: bool = False
+    """Running, with its whole VM frozen (``pause``)."""
     restart_delay: float = 0.0
 
     def transition(self, target: ContainerState, action: str) -> None:
@@ -185,6 +192,7 @@ def _from_record(record: dict[str, Any]) -> Container:
         spec[key] = tuple(spec.get(key, ()))
     spec["endpoints"] = tuple(Endpoint(**{**e, "aliases": tuple(e["aliases"])}) for e in spec.get("endpoints", ()))
     spec["ports"] = tuple(PortBinding(**p) for p in spec.get("ports", ()))
+    spec["ulimits"] = tuple(tuple(u) for u in spec.get("ulimits", ()))
     restart = spec.get("restart") or {}
     spec["restart"] = RestartPolicy(Policy(restart.get("policy", "no")), int(restart.get("max_retries", 0)))
     record["state"] = ContainerState(record["state"])

@@ -484,7 +484,8 @@ class Agent:
 
         def spawn(errors: int) -> int:
             container.stage_files(box, args.get("files") or {})
-            box.pid = container.spawn(box, spec, stdio.child, errors, stdio.terminal >= 0)
+            box.pid = container.spawn(box, spec, stdio.child, errors, stdio.terminal >= 0,
+                                      {str(k): str(v) for k, v in (args.get("sysctls") or {}).items()})
             return box.pid
 
         try:
@@ -639,6 +640,7 @@ def process_spec(args: dict[str, Any]) -> container.ProcessSpec:
         env=[str(e) for e in args.get("env", [])],
         cwd=str(args.get("cwd") or "/"),
         user=str(args.get("user") or ""),
+        rlimits=[(int(r), int(soft), int(hard)) for r, soft, hard in args.get("rlimits", [])],
     )
 
 

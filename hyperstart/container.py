@@ -47,13 +47,16 @@ class StartError(Exception):
 class ProcessSpec:
     """What to run: argv, environment, working directory and ``user[:group]``."""
 
-    __slots__ = ("args", "cwd", "env", "user")
+    __slots__ = ("args", "cwd", "env", "rlimits", "user")
 
-    def __init__(self, args: list[str], env: list[str], cwd: str = "/", user: str = "") -> None:
+    def __init__(self, args: list[str], env: list[str], cwd: str = "/", user: str = "",
+                 rlimits: list[tuple[int, int, int]] | None = None) -> None:
         self.args = args
         self.env = env
         self.cwd = cwd
         self.user = user
+        self.rlimits = rlimits or []
+        """(resource, soft, hard): set before the user is, so that hard limits may rise."""
 
 
 class Container:
@@ -261,6 +264,8 @@ def _exec(spec: ProcessSpec) -> None:
     env.setdefault("HOME", home)
     cwd = spec.cwd or "/"
     os.makedirs(cwd, exist_ok=True)
+    for resource, soft, hard in spec.rlimits:
+        syscalls.setrlimit(resource, soft, hard)
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
@@ -290,7 +295,8 @@ def _reap(main: int) -> None:
             os._exit(exit_status(status))
 
 
-def spawn(container: Container, spec: ProcessSpec, stdio: list[int], errors: int, tty: bool = False) -> int:
+def spawn(container: Container, spec: ProcessSpec, stdio: list[int], errors: int, tty: bool = False,
+          sysctls: dict[str, str] | None = None) -> int:
     """Fork the container's PID 1 (the reaper) and its main process.
 
     ``stdio`` are the descriptors for the main process's 0, 1, 2 (with ``tty``, a terminal
@@ -316,6 +322,10 @@ def spawn(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
         syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC)
         _enter_root(container)
         socket.sethostname(container.hostname)
+        for key, value in (sysctls or {}).items():
+            # The container's IPC namespace (or the pod's network one): checked by hyperd, named by dots.
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as setting:
+                setting.write(value)
         main = os.fork()
         if main == 0:
             _take_stdio(stdio, tty)

@@ -79,6 +79,12 @@ def move_mount(fd: int, target: str) -> None:
            f"move_mount on {target}")
 
 
+def setrlimit(resource: int, soft: int, hard: int) -> None:
+    """setrlimit(2) without the resource module (not in the guest's trimmed standard library)."""
+    limits = (ctypes.c_uint64 * 2)(soft, hard)
+    _check(_libc.setrlimit(resource, limits), f"setrlimit {resource}")
+
+
 def reboot() -> None:
     """Restart the machine; with ``reboot=t`` and QEMU's -no-reboot that ends the VM."""
     _check(_libc.reboot(LINUX_REBOOT_CMD_RESTART), "reboot")

@@ -59,6 +59,12 @@ class VM(Protocol):
     async def kill(self) -> None:
         """End the VM now (no guest cooperation); safe to call on an exited VM."""
 
+    async def pause(self) -> None:
+        """Freeze the whole VM."""
+
+    async def resume(self) -> None:
+        """Let a frozen VM run again."""
+
 
 class Hypervisor(Protocol):
     name: str

@@ -104,6 +104,13 @@ class QemuVM:
                 self.child.signal(signal.SIGKILL)
         await self.wait()
 
+    async def pause(self) -> None:
+        """Freeze every vCPU (QMP ``stop``): the guest, its containers and their clocks stand still."""
+        await self.qmp.execute("stop")
+
+    async def resume(self) -> None:
+        await self.qmp.execute("cont")
+
     async def status(self) -> str:
         """The VM's run state as QEMU reports it (running, paused, ...)."""
         reply = await self.qmp.execute("query-status")

@@ -214,8 +214,47 @@ def test_run_detached_prints_the_id(hyperd: FakeHyperd) -> None:
         "OpenStdin": False,
         "StdinOnce": False,
         "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+        "Labels": {},
+        "StopSignal": "",
+        "StopTimeout": None,
+        "Init": False,
+        "Ulimits": [],
+        "Sysctls": {},
     }
     assert len(hyperd.seen("POST", f"/containers/{CID}/start")) == 1
+
+
+def test_run_process_flags(hyperd: FakeHyperd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("# settings\nA=1\n\n  B=two words\nFROM_US\nUNSET_HERE\nC=\n")
+    monkeypatch.setenv("FROM_US", "ours")
+    monkeypatch.delenv("UNSET_HERE", raising=False)
+    created(hyperd)
+    result = hyper(hyperd, "run", "-d", "--env-file", str(env_file), "-e", "A=override", "-l", "team=db", "-l", "flag",
+                   "--stop-signal", "SIGINT", "--stop-timeout", "3", "--init", "--ulimit", "nofile=100:200",
+                   "--ulimit", "core=0", "--sysctl", "net.ipv4.ip_forward=1", "--restart", "on-failure:4",
+                   "busybox", "true")
+    assert result.exit_code == 0, result.stderr
+    body = hyperd.seen("POST", "/containers/create")[0].json
+    assert body["Env"] == ["A=1", "B=two words", "FROM_US=ours", "C=", "A=override"]
+    assert body["Labels"] == {"team": "db", "flag": ""}
+    assert (body["StopSignal"], body["StopTimeout"], body["Init"]) == ("SIGINT", 3, True)
+    assert body["Ulimits"] == [{"Name": "nofile", "Soft": 100, "Hard": 200}, {"Name": "core", "Soft": 0, "Hard": 0}]
+    assert body["Sysctls"] == {"net.ipv4.ip_forward": "1"}
+    assert body["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 4}
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--env-file", "/nonexistent/env"], "hyper: open /nonexistent/env: no such file or directory\n"),
+    (["--ulimit", "nofile=lots"], "hyper: invalid ulimit 'nofile=lots': use NAME=SOFT[:HARD]\n"),
+    (["--restart", "on-failure:x"], "hyper: invalid restart policy 'on-failure:x': the maximum retry count must be "
+                                     "a number\n"),
+    (["--detach-keys", "ctrl-1"], "hyper: invalid detach key 'ctrl-1'\n"),
+])
+def test_run_bad_process_flags(hyperd: FakeHyperd, flags: list[str], message: str) -> None:
+    result = hyper(hyperd, "run", "-d", *flags, "busybox", "true")
+    assert (result.exit_code, result.stderr) == (125, message)
+    assert not hyperd.seen("POST", "/containers/create")
 
 
 def test_run_network_flags_become_dockers_fields(hyperd: FakeHyperd) -> None:
