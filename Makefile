@@ -68,6 +68,7 @@ bench: install
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_PACKAGES)
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/images.py
+	$(VENV)/bin/python bench/network.py
 
 clean:
 	rm -rf $(VENV) build

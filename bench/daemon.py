@@ -1,4 +1,9 @@
-"""The bench's own hyperd: its own root and socket, busybox imported, stopped and swept at the end."""
+"""The bench's own hyperd: its own root and socket, busybox imported, stopped and swept at the end.
+
+Without a network namespace it runs with ``--bridge none``, so that it makes no bridge, tap
+or rule in the host's namespace; only in a namespace the bench made itself does it get its
+default bridge network.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +38,10 @@ def _venv_tool(name: str) -> str:
 
 
 class Hyperd:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, netns: str | None = None) -> None:
         self.workdir = workdir
+        self.netns = netns
+        """The network namespace hyperd runs in (the bench's own), where its pods' ports are published."""
         self.root = workdir / "root"
         self.socket = workdir / "hyperd.sock"
         self.log = workdir / "hyperd.log"
@@ -46,6 +53,11 @@ class Hyperd:
         """The argv of a ``hyper`` command against this daemon."""
         return [self.hyper_binary, "-H", self.host, *args]
 
+    def argv(self) -> list[str]:
+        argv = [_venv_tool("hyperd"), "-H", self.host, "--root", str(self.root)]
+        # ``ip netns exec`` execs hyperd in place: our child's pid is hyperd's, for SIGTERM.
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else [*argv, "--bridge", "none"]
+
     def start(self) -> None:
         self.root.mkdir(parents=True, mode=0o700)
         timed([sys.executable, "-m", "hyperd.image.busybox", "--root", str(self.root)], timeout=300)
@@ -53,8 +65,7 @@ class Hyperd:
             # A session of its own: a Ctrl-C at the terminal reaches the bench, which stops
             # the daemon in order, not the daemon behind its back.
             self.process = subprocess.Popen(
-                [_venv_tool("hyperd"), "-H", self.host, "--root", str(self.root)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
