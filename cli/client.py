@@ -365,6 +365,12 @@ class Client:
     def kill(self, container: str, signal: str) -> None:
         self.call("POST", f"/containers/{_ident(container)}/kill", {"signal": signal})
 
+    def top(self, container: str) -> Any:
+        return self.call("GET", f"/containers/{_ident(container)}/top")
+
+    def stats(self, container: str, stream: bool) -> Stream:
+        return self.stream("GET", f"/containers/{_ident(container)}/stats", {"stream": _flag(stream)})
+
     def pause(self, container: str) -> None:
         self.call("POST", f"/containers/{_ident(container)}/pause")
 
@@ -398,6 +404,12 @@ class Client:
             "tail": tail,
         }
         return self.stream("GET", f"/containers/{_ident(container)}/logs", query)
+
+    def events(self, since: float | None, until: float | None, filters: dict[str, list[str]]) -> Stream:
+        query = {key: str(value) for key, value in (("since", since), ("until", until)) if value is not None}
+        if filters:
+            query["filters"] = json.dumps(filters)
+        return self.stream("GET", "/events", query)
 
     # Images
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from cli import images, network
+from cli import events, images, network, stats
 from cli.common import connect, each, inspect_each, say, then_echo
 from cli.errors import EXIT_DAEMON, HyperError
 
@@ -699,6 +699,9 @@ for _command in images.TOP_LEVEL:
     cli.add_command(_command)
 cli.add_command(network.port)
 cli.add_command(network.network)
+cli.add_command(events.events)
+cli.add_command(stats.top)
+cli.add_command(stats.stats)
 
 
 @cli.group("container")
@@ -709,7 +712,8 @@ def container_group() -> None:
 for _name, _command in {"ls": ps, "ps": ps, "create": create, "run": run, "start": start, "stop": stop,
                         "restart": restart, "kill": kill, "rm": rm, "wait": wait, "logs": logs, "rename": rename,
                         "export": export, "prune": prune, "port": network.port, "attach": attach_command,
-                        "exec": exec_command, "pause": pause, "unpause": unpause}.items():
+                        "exec": exec_command, "pause": pause, "unpause": unpause, "top": stats.top,
+                        "stats": stats.stats}.items():
     container_group.add_command(_command, _name)
 container_group.add_command(inspect, "inspect")
 

@@ -16,6 +16,7 @@ import logging
 import platform
 import struct
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -24,7 +25,8 @@ import aiohttp
 from aiohttp import web
 
 from hyperd import __version__, errors, logs
-from hyperd.daemon import CreateRequest, Daemon
+from hyperd.daemon import UNLIMITED, CreateRequest, Daemon
+from hyperd.events import FILTERS, Event
 from hyperd.guest import Input
 from hyperd.image import (
     ImageError,
@@ -39,6 +41,7 @@ from hyperd.image import (
 )
 from hyperd.image.store import Image
 from hyperd.network import Network, NetworkRequest, ports
+from hyperd.network.manager import Member
 from hyperd.state import Container, ContainerState, parse_signal, signal_name
 from hyperstart.protocol import VERSIONS
 
@@ -183,7 +186,8 @@ def _inspect(container: Container) -> dict[str, Any]:
             "StdinOnce": spec.stdin_once,
         },
         "HostConfig": {"AutoRemove": spec.autoremove, "Init": True,
-                       "Ulimits": [{"Name": n, "Soft": soft, "Hard": hard} for n, soft, hard in spec.ulimits],
+                       "Ulimits": [{"Name": n, "Soft": _limit(soft), "Hard": _limit(hard)}
+                                   for n, soft, hard in spec.ulimits],
                        "Sysctls": dict(spec.sysctls),
                        "RestartPolicy": {"Name": str(spec.restart.policy),
                                          "MaximumRetryCount": spec.restart.max_retries},
@@ -193,6 +197,11 @@ def _inspect(container: Container) -> dict[str, Any]:
                        "DnsOptions": list(spec.dns_options), "ExtraHosts": list(spec.extra_hosts)},
         "NetworkSettings": _network_settings(container),
     }
+
+
+def _limit(value: int) -> int:
+    """A resource limit as docker shows it: -1 for unlimited."""
+    return -1 if value == UNLIMITED else value
 
 
 def _bindings(bindings: tuple[ports.PortBinding, ...]) -> dict[str, list[dict[str, str]]]:
@@ -241,17 +250,20 @@ def _network_request(body: dict[str, Any]) -> NetworkRequest:
         return tuple(value)
 
     mode = str(body.get("NetworkMode") or "")
-    endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
-    if not isinstance(endpoints, dict) or len(endpoints) > 1:
+    endpoints = _object(_object(body.get("NetworkingConfig"), "NetworkingConfig").get("EndpointsConfig"),
+                        "NetworkingConfig.EndpointsConfig")
+    if len(endpoints) > 1:
         raise errors.InvalidArgument("NetworkingConfig.EndpointsConfig may name one network (connect others "
                                      "with hyper network connect)")
-    endpoint = next(iter(endpoints.values()), None) or {}
-    aliases = endpoint.get("Aliases") or []
-    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-        raise errors.InvalidArgument("Aliases must be a list of strings")
+    named, endpoint = next(iter(endpoints.items()), ("", {}))
+    endpoint = _object(endpoint, f"EndpointsConfig[{named!r}]")
+    if named and named != "default":
+        if mode and mode != named:
+            raise errors.InvalidArgument(f"NetworkMode {mode!r} and EndpointsConfig's network {named!r} differ")
+        mode = named
+    aliases, ip, mac = _endpoint_config(endpoint)
     return NetworkRequest(
-        mode=mode, aliases=tuple(aliases), ip=str((endpoint.get("IPAMConfig") or {}).get("IPv4Address") or ""),
-        mac=str(endpoint.get("MacAddress") or body.get("MacAddress") or ""),
+        mode=mode, aliases=aliases, ip=ip, mac=mac or str(body.get("MacAddress") or ""),
         ports=_parse_bindings(body.get("PortBindings")), publish_all=bool(body.get("PublishAllPorts")),
         expose=tuple(str(k) for k in (body.get("ExposedPorts") or {})), hostname=str(body.get("Hostname") or ""),
         dns=strings("Dns"), dns_search=strings("DnsSearch"), dns_options=strings("DnsOptions"),
@@ -259,14 +271,33 @@ def _network_request(body: dict[str, Any]) -> NetworkRequest:
     )
 
 
-def _network(network: Network, members: dict[str, str]) -> dict[str, Any]:
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """An optional JSON object of a request (absent: empty); InvalidArgument if it is something else."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise errors.InvalidArgument(f"{what} must be an object")
+    return value
+
+
+def _endpoint_config(config: dict[str, Any]) -> tuple[tuple[str, ...], str, str]:
+    """Docker's EndpointConfig: (aliases, IPv4 address, MAC address)."""
+    aliases = config.get("Aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise errors.InvalidArgument("Aliases must be a list of strings")
+    ip = _object(config.get("IPAMConfig"), "IPAMConfig").get("IPv4Address") or ""
+    return tuple(aliases), str(ip), str(config.get("MacAddress") or "")
+
+
+def _network(network: Network, members: dict[str, Member]) -> dict[str, Any]:
     return {
         "Name": network.name, "Id": network.id, "Created": _iso(network.created), "Scope": network.scope,
         "Driver": str(network.driver), "Internal": False, "Labels": network.labels,
         "IPAM": {"Driver": "default", "Config": [{"Subnet": network.subnet, "Gateway": network.gateway}]
                  if network.subnet else []},
         "Options": {"com.docker.network.bridge.name": network.bridge} if network.bridge else {},
-        "Containers": {cid: {"IPv4Address": address} for cid, address in members.items()},
+        "Containers": {cid: {"Name": m.names[0], "IPv4Address": str(m.address), "MacAddress": m.mac}
+                       for cid, m in members.items()},
     }
 
 
@@ -392,6 +423,57 @@ async def _feed(request: web.Request, target: Callable[[], Awaitable[Input | Non
             await stdin.write(data)
         if close:
             stdin.close()
+
+
+async def top_container(request: web.Request) -> web.Response:
+    processes, booted = await _daemon(request).top(request.match_info["id"])
+    rows = [[str(p.uid), str(p.pid), str(p.ppid),
+             datetime.fromtimestamp(booted + p.start).strftime("%H:%M"),
+             f"{int(p.cpu) // 3600:02d}:{int(p.cpu) // 60 % 60:02d}:{int(p.cpu) % 60:02d}", p.command]
+            for p in processes]
+    return web.json_response({"Titles": ["UID", "PID", "PPID", "STIME", "TIME", "CMD"], "Processes": rows})
+
+
+async def container_stats(request: web.Request) -> web.StreamResponse:
+    """Docker's stats: a sample a second (``stream=0``: one, with the one a second before as ``precpu``)."""
+    daemon = _daemon(request)
+    container = daemon.get(request.match_info["id"])
+    previous = await daemon.stats(container.id)
+    if request.query.get("stream", "1") in ("0", "false"):
+        await asyncio.sleep(1)
+        return web.json_response(_stats(container, await daemon.stats(container.id), previous))
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    while container.state == ContainerState.RUNNING:
+        await asyncio.sleep(1)
+        try:
+            sample = await daemon.stats(container.id)
+        except errors.HyperError:
+            break  # it stopped meanwhile
+        await response.write(json.dumps(_stats(container, sample, previous)).encode() + b"\n")
+        previous = sample
+    await response.write_eof()
+    return response
+
+
+def _stats(container: Container, sample: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    def cpu(of: dict[str, Any]) -> dict[str, Any]:
+        # system_cpu_usage counts wall time on every vCPU, so docker's formula gives % of one CPU.
+        return {"cpu_usage": {"total_usage": of["guest"].cpu_ns}, "online_cpus": of["vcpus"],
+                "system_cpu_usage": of["read"] * of["vcpus"]}
+
+    guest = sample["guest"]
+    return {
+        "id": container.id, "name": f"/{container.name}", "read": _iso(sample["read"] / 1e9),
+        "preread": _iso(previous["read"] / 1e9), "cpu_stats": cpu(sample), "precpu_stats": cpu(previous),
+        "memory_stats": {"usage": guest.memory, "limit": guest.memory_total},
+        "pids_stats": {"current": guest.pids},
+        "networks": {"eth0": {"rx_bytes": guest.net_rx, "tx_bytes": guest.net_tx}},
+        "blkio_stats": {"io_service_bytes_recursive": [{"op": "read", "value": guest.block_read},
+                                                       {"op": "write", "value": guest.block_write}]},
+        "vm": {"memory": sample["vm"]["memory"], "memory_limit": sample["vm_memory_limit"],
+               "cpu_ns": sample["vm"]["cpu_ns"]},
+    }
 
 
 async def resize_container(request: web.Request) -> web.Response:
@@ -775,6 +857,45 @@ async def login(request: web.Request) -> web.Response:
     return web.json_response({"Status": "Login Succeeded", "IdentityToken": ""})
 
 
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """``docker events``: what is kept since ``since``, then what happens, until ``until``."""
+    since, until = _moment(request, "since"), _moment(request, "until")
+    filters = _filters(request, set(FILTERS))
+    past, queue = _daemon(request).events.subscribe()
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    try:
+        await response.prepare(request)
+        for kept in past:
+            if since is not None and since <= kept.time_ns / 1e9 <= (until or float("inf")) \
+                    and kept.matches(filters):
+                await response.write(json.dumps(kept.docker()).encode() + b"\n")
+        while until is None or time.time() < until:
+            try:
+                event: Event | None = await asyncio.wait_for(queue.get(),
+                                                             None if until is None else until - time.time())
+            except TimeoutError:
+                break
+            if event is None:
+                break  # too slow a reader: cut off
+            if event.matches(filters):
+                await response.write(json.dumps(event.docker()).encode() + b"\n")
+    finally:
+        _daemon(request).events.unsubscribe(queue)
+    await response.write_eof()
+    return response
+
+
+def _moment(request: web.Request, key: str) -> float | None:
+    """A ``since``/``until`` query value: Unix seconds, as docker's client sends them."""
+    text = request.query.get(key)
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise errors.InvalidArgument(f"invalid {key} {text!r}: expected Unix seconds") from None
+
+
 async def list_networks(request: web.Request) -> web.Response:
     networks = _daemon(request).networks
     return web.json_response([_network(n, networks.members(n)) for n in networks.list()])
@@ -793,26 +914,25 @@ async def create_network(request: web.Request) -> web.Response:
     driver = body.get("Driver") or "bridge"
     if driver != "bridge":
         raise errors.InvalidArgument(f"plugin {driver!r} not found: hyper creates bridge networks only")
-    config = ((body.get("IPAM") or {}).get("Config") or [{}])[0]
-    network = await _daemon(request).networks.create(
+    configs = _object(body.get("IPAM"), "IPAM").get("Config") or [{}]
+    if not isinstance(configs, list) or len(configs) != 1:
+        raise errors.InvalidArgument("IPAM.Config must be a list of one object (one IPv4 subnet)")
+    config = _object(configs[0], "IPAM.Config[0]")
+    network = await _daemon(request).create_network(
         body["Name"], subnet=str(config.get("Subnet") or ""), gateway=str(config.get("Gateway") or ""),
         labels=_string_map(body, "Labels"))
     return web.json_response({"Id": network.id, "Warning": ""}, status=201)
 
 
 async def remove_network(request: web.Request) -> web.Response:
-    _daemon(request).networks.remove(request.match_info["id"])
+    _daemon(request).remove_network(request.match_info["id"])
     return web.Response(status=204)
 
 
 async def connect_network(request: web.Request) -> web.Response:
     body = await _json_object(request)
-    config = body.get("EndpointConfig") or {}
-    aliases = config.get("Aliases") or []
-    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-        raise errors.InvalidArgument("Aliases must be a list of strings")
-    _daemon(request).connect(request.match_info["id"], str(body.get("Container") or ""), tuple(aliases),
-                             str((config.get("IPAMConfig") or {}).get("IPv4Address") or ""))
+    aliases, ip, mac = _endpoint_config(_object(body.get("EndpointConfig"), "EndpointConfig"))
+    _daemon(request).connect(request.match_info["id"], str(body.get("Container") or ""), aliases, ip, mac)
     return web.Response(status=200)
 
 
@@ -847,6 +967,8 @@ def routes() -> list[web.RouteDef]:
         web.post("/containers/{id}/start", start_container),
         web.post("/containers/{id}/attach", attach_container),
         web.post("/containers/{id}/resize", resize_container),
+        web.get("/containers/{id}/top", top_container),
+        web.get("/containers/{id}/stats", container_stats),
         web.post("/containers/{id}/exec", create_exec),
         web.post("/exec/{id}/start", start_exec),
         web.get("/exec/{id}/json", inspect_exec),
@@ -862,6 +984,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/containers/prune", prune_containers),
         web.delete("/containers/{id}", remove_container),
         web.post("/auth", login),
+        web.get("/events", stream_events),
         web.get("/networks", list_networks),
         web.post("/networks/create", create_network),
         web.post("/networks/prune", prune_networks),

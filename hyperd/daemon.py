@@ -26,11 +26,12 @@ from typing import Any
 
 from hyperd import errors, logs, storage
 from hyperd.config import Config
-from hyperd.guest import AgentClient, ExitEvent, Input, Stream
+from hyperd.events import Events
+from hyperd.guest import AgentClient, ExitEvent, Input, ProcessInfo, Stream
 from hyperd.image import registry
 from hyperd.image.reference import server_host
 from hyperd.image.store import Image, ImageStore
-from hyperd.network import Endpoint, NetworkRequest, ports
+from hyperd.network import Endpoint, Network, NetworkRequest, ports
 from hyperd.network.manager import Attachment, Networks, Wiring
 from hyperd.restart import RestartPolicy, next_delay
 from hyperd.state import Container, ContainerSpec, ContainerState, Database, parse_signal
@@ -111,6 +112,7 @@ class Exec:
         default_factory=lambda: asyncio.Queue(SUBSCRIBER_BACKLOG))
     done: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    on_exit: Callable[[Exec, int], None] = lambda _ex, _status: None
 
 
 class Daemon:
@@ -129,6 +131,7 @@ class Daemon:
         """Set while the container's pod runs: where stdin that arrived early waits."""
         self.execs: dict[str, Exec] = {}
         self.restarts: dict[str, asyncio.Task[None]] = {}
+        self.events = Events()
         """Pending restarts by restart policy, by container id."""
         self.supervisors: set[asyncio.Task[None]] = set()
         self.closing = False
@@ -167,6 +170,10 @@ class Daemon:
         self.removed[container.id] = asyncio.Event()
         self.booted[container.id] = asyncio.Event()
         self.subscribers[container.id] = []
+
+    def _emit(self, container: Container, action: str, **extra: str) -> None:
+        self.events.emit("container", action, container.id, image=container.spec.image, name=container.name,
+                         **container.spec.labels, **extra)
 
     def container_dir(self, container: Container) -> Path:
         return self.config.root / "containers" / container.id
@@ -225,6 +232,7 @@ class Daemon:
         container = Container(id=secrets.token_hex(32), name=name or self._generate_name(), spec=spec)
         self.db.save(container)
         self._track(container)
+        self._emit(container, "create")
         return container
 
     def _network_spec(self, request: NetworkRequest, image_exposed: tuple[str, ...]) -> dict[str, Any]:
@@ -237,6 +245,7 @@ class Daemon:
                                          "network stack (publish ports with -p instead)")
         exposed = tuple(dict.fromkeys((*image_exposed, *request.expose)))
         bindings = [*request.ports, *(ports.exposed(exposed) if request.publish_all else [])]
+        exposed = tuple(dict.fromkeys((*exposed, *(b.key for b in request.ports))))  # docker exposes what -p names
         endpoints: tuple[Endpoint, ...] = ()
         if mode in ("none", "user"):
             if mode == "none" and bindings:
@@ -264,7 +273,7 @@ class Daemon:
                 "dns_search": request.dns_search, "dns_options": request.dns_options,
                 "extra_hosts": request.extra_hosts}
 
-    def connect(self, network_ref: str, ref: str, aliases: tuple[str, ...], ip: str) -> None:
+    def connect(self, network_ref: str, ref: str, aliases: tuple[str, ...], ip: str, mac: str = "") -> None:
         """``network connect``: one more network for a container, from its next start."""
         container = self.get(ref)
         if container.state == ContainerState.RUNNING:
@@ -273,11 +282,12 @@ class Daemon:
         if container.spec.network_mode in ("none", "user"):
             raise errors.InvalidArgument(f"container {container.name} uses network mode "
                                          f"{container.spec.network_mode}; it cannot join other networks")
-        endpoint = self.networks.endpoint(network_ref, aliases, ip)
+        endpoint = self.networks.endpoint(network_ref, aliases, ip, mac)
         if any(e.network == endpoint.network for e in container.spec.endpoints):
             raise errors.Conflict(f"container {container.name} is already connected to network {network_ref}")
         container.spec = replace(container.spec, endpoints=(*container.spec.endpoints, endpoint))
         self.db.save(container)
+        self.events.emit("network", "connect", endpoint.network, container=container.id)
 
     def disconnect(self, network_ref: str, ref: str) -> None:
         container = self.get(ref)
@@ -288,10 +298,27 @@ class Daemon:
         kept = tuple(e for e in container.spec.endpoints if e.network != network.id)
         if len(kept) == len(container.spec.endpoints):
             raise errors.NotFound(f"container {container.name} is not connected to network {network.name}")
-        mode = self.networks.get(kept[0].network).name if kept else "none"
-        container.spec = replace(container.spec, endpoints=kept, network_mode=mode, ports=container.spec.ports
-                                 if kept else ())
+        # Docker keeps the network mode: a container left with no network can be connected again.
+        container.spec = replace(container.spec, endpoints=kept)
         self.db.save(container)
+        self.events.emit("network", "disconnect", network.id, container=container.id)
+
+    async def create_network(self, name: str, subnet: str, gateway: str, labels: dict[str, str]) -> Network:
+        network = await self.networks.create(name, subnet, gateway, labels)
+        self.events.emit("network", "create", network.id, name=network.name, type=str(network.driver))
+        return network
+
+    def remove_network(self, ref: str) -> None:
+        network = self.networks.get(ref)
+        if network.builtin:
+            raise errors.InvalidArgument(f"{network.name} is a pre-defined network and cannot be removed")
+        users = sorted(c.name for c in self.containers.values() if any(e.network == network.id
+                                                                         for e in c.spec.endpoints))
+        if users and not self.networks.members(network):
+            raise errors.Conflict(f"network {network.name} is used by stopped container {users[0]}: remove it or "
+                                  "disconnect it first")
+        self.networks.remove(network.id)
+        self.events.emit("network", "destroy", network.id, name=network.name, type=str(network.driver))
 
     def prune_networks(self) -> list[str]:
         """``docker network prune``: remove the user networks no container is connected to; their names."""
@@ -299,7 +326,7 @@ class Daemon:
         removed = []
         for network in self.networks.list():
             if not network.builtin and network.id not in used:
-                self.networks.remove(network.id)
+                self.remove_network(network.id)
                 removed.append(network.name)
         return removed
 
@@ -314,8 +341,9 @@ class Daemon:
         _validate_name(name)
         if any(c.name == name and c.id != container.id for c in self.containers.values()):
             raise errors.Conflict(f'the container name "/{name}" is already in use')
-        container.name = name
+        old, container.name = container.name, name
         self.db.save(container)
+        self._emit(container, "rename", oldName=f"/{old}")
 
     async def prune(self) -> tuple[list[str], int]:
         """``docker container prune``: remove every container that is not running; their ids and the bytes freed."""
@@ -375,6 +403,7 @@ class Daemon:
         container.started = time.time()
         self.db.save(container)
         self.booted[container.id].set()
+        self._emit(container, "start")
         task = asyncio.create_task(self._supervise(container, pod, mark))
         self.supervisors.add(task)
         task.add_done_callback(self.supervisors.discard)
@@ -583,6 +612,7 @@ class Daemon:
             container.finished = time.time()
             if self.closing:
                 container.stopped_by_daemon = True
+            self._emit(container, "die", exitCode=str(container.exit_code))
             self._schedule_restart(container)
             self._finish(container)
             if container.spec.autoremove:
@@ -667,6 +697,7 @@ class Daemon:
         await pod.vm.pause()
         container.paused = True
         self.db.save(container)
+        self._emit(container, "pause")
 
     async def unpause(self, ref: str) -> None:
         container = self.get(ref)
@@ -676,6 +707,7 @@ class Daemon:
         await pod.vm.resume()
         container.paused = False
         self.db.save(container)
+        self._emit(container, "unpause")
 
     def _running(self, container: Container, action: str = "") -> Pod:
         """The container's pod; StateError if it is not running (or, for ``action``, paused)."""
@@ -692,6 +724,7 @@ class Daemon:
             await self.unpause(container.id)
         pod = self._running(container, "signal")
         container.stopped_by_user = True
+        self._emit(container, "kill", signal=str(sig))
         if sig == signal.SIGKILL:
             pod.stopping = True
         try:
@@ -714,6 +747,7 @@ class Daemon:
             return False
         default = container.spec.stop_timeout if container.spec.stop_timeout is not None else self.config.stop_timeout
         await self._stop_pod(container.id, default if timeout is None else timeout)
+        self._emit(container, "stop")
         return True
 
     async def _booted(self, container: Container) -> None:
@@ -796,9 +830,33 @@ class Daemon:
         await asyncio.to_thread(shutil.rmtree, self.container_dir(container), True)
         self.db.delete(container.id)
         del self.containers[container.id]
+        self._emit(container, "destroy")
         for exec_id in [e.id for e in self.execs.values() if e.container is container]:
             del self.execs[exec_id]
         self.removed[container.id].set()
+
+    # -- top and stats ------------------------------------------------------------------
+
+    def _observable(self, container: Container) -> Pod:
+        pod = self._running(container, "inspect the processes of")
+        if pod.client.info is None or "stats" not in pod.client.info.capabilities:
+            raise errors.StateError("the guest agent cannot report processes (a guest disk older than this hyperd)")
+        return pod
+
+    async def top(self, ref: str) -> tuple[list[ProcessInfo], float]:
+        """The container's processes, and when (Unix time) its VM booted."""
+        container = self.get(ref)
+        processes, uptime = await self._observable(container).client.top(container.id)
+        return processes, time.time() - uptime
+
+    async def stats(self, ref: str) -> dict[str, Any]:
+        """One sample of the container's usage: the guest's count for its processes, and the
+        host's for its whole VM (QEMU's resident memory and CPU time)."""
+        container = self.get(ref)
+        pod = self._observable(container)
+        guest = await pod.client.stats(container.id)
+        return {"read": time.time_ns(), "guest": guest, "vm": _host_usage(pod.vm.pid),
+                "vcpus": 1, "vm_memory_limit": self.config.memory_mib << 20}
 
     # -- stdin, terminals, exec ----------------------------------------------------------
 
@@ -833,10 +891,13 @@ class Daemon:
                 raise errors.InvalidArgument(f"invalid environment variable {item!r}")
             merged[key] = value
         ex = Exec(secrets.token_hex(32), container, tuple(cmd), tuple(f"{k}={v}" for k, v in merged.items()),
-                  workdir or container.spec.workdir, user or container.spec.user, tty, open_stdin)
+                  workdir or container.spec.workdir, user or container.spec.user, tty, open_stdin,
+                  on_exit=lambda done, status: self._emit(done.container, "exec_die", execID=done.id,
+                                                           exitCode=str(status)))
         if len(json.dumps([ex.args, ex.env, ex.workdir, ex.user])) > MAX_PROCESS_SPEC:
             raise errors.InvalidArgument(f"command and environment exceed {MAX_PROCESS_SPEC >> 10} KiB")
         self.execs[ex.id] = ex
+        self._emit(container, f"exec_create: {' '.join(ex.args)}", execID=ex.id)
         return ex
 
     def get_exec(self, exec_id: str) -> Exec:
@@ -873,6 +934,7 @@ class Daemon:
         except BaseException:
             self._end_exec(ex, 126)
             raise
+        self._emit(ex.container, f"exec_start: {' '.join(ex.args)}", execID=ex.id)
         return ex
 
     def _exec_exited(self, event: ExitEvent) -> None:
@@ -1014,12 +1076,25 @@ async def _finish_exec(ex: Exec, status: int) -> None:
 
 
 def _settle(ex: Exec, status: int) -> None:
+    ex.on_exit(ex, status)
     ex.exit_code = status
     ex.running = False
     if ex.stdin is not None:
         ex.stdin.close()
     _close_stream(ex.output)
     ex.done.set()
+
+
+def _host_usage(pid: int) -> dict[str, int]:
+    """A VM's cost on the host: QEMU's resident bytes and CPU nanoseconds (0 when it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return {"memory": 0, "cpu_ns": 0}
+    rss = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {"memory": rss, "cpu_ns": (int(stat[11]) + int(stat[12])) * 10**9 // ticks}
 
 
 def _tree_size(path: Path) -> int:

@@ -75,6 +75,41 @@ class ExitEvent:
     """The exec'd process that exited; empty for the container's own command."""
 
 
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One process of a container, as ``top`` shows it (pids as the container sees them)."""
+
+    pid: int
+    ppid: int
+    uid: int
+    start: float
+    """Guest seconds since boot when it started."""
+    cpu: float
+    """CPU seconds used."""
+    rss: int
+    command: str
+
+
+@dataclass(frozen=True)
+class GuestStats:
+    """A container's usage as the guest counts it, and its VM's memory and network counters."""
+
+    cpu_ns: int
+    memory: int
+    pids: int
+    block_read: int
+    block_write: int
+    memory_total: int
+    memory_available: int
+    net_rx: int
+    net_tx: int
+
+
+MAX_PROCESSES = 4096
+BIG = 2**63
+"""Upper bound of a counter from the guest."""
+
+
 class Stream:
     """Output of one guest process stream; ``read()`` returns b"" at EOF."""
 
@@ -219,6 +254,28 @@ class AgentClient:
             raise GuestError(f"the guest agent did not answer {op} within {timeout:.0f}s") from None
         finally:
             self._pending.pop(request_id, None)
+
+    async def top(self, container_id: str) -> tuple[list[ProcessInfo], float]:
+        """The container's processes, and the guest's uptime to place their start times."""
+        result = await self.request("container.top", {"id": container_id})
+        rows = result.get("processes")
+        if not isinstance(rows, list) or len(rows) > MAX_PROCESSES:
+            raise GuestError("agent sent an invalid process list")
+        processes = []
+        for row in rows:
+            if not isinstance(row, dict):
+                raise GuestError("agent sent an invalid process")
+            processes.append(ProcessInfo(
+                _int(row.get("pid"), "pid", 1, 2**22), _int(row.get("ppid"), "pid", 0, 2**22),
+                _int(row.get("uid"), "uid", 0, 2**32), _number(row.get("start"), "start time"),
+                _number(row.get("cpu"), "CPU time"), _int(row.get("rss"), "memory size", 0, BIG),
+                _text(row.get("command"), "command")))
+        return processes, _number(result.get("uptime"), "uptime")
+
+    async def stats(self, container_id: str) -> GuestStats:
+        result = await self.request("container.stats", {"id": container_id})
+        return GuestStats(**{name: _int(result.get(name), name.replace("_", " "), 0, BIG)
+                             for name in GuestStats.__dataclass_fields__})
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 
-from hyperstart import container, network, syscalls
+from hyperstart import container, network, proc, syscalls
 from hyperstart.protocol import (
     DATA_CHUNK,
     INITIAL_WINDOW,
@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # the guest pays for every import: typing only for the checke
 AGENT_VERSION = "0.1.0"
 MAX_ERROR = 2048
 """Characters of an error message sent to the host (which refuses longer ones)."""
-CAPABILITIES = ("containers", "signals", "stdio", "export", "network", "stdin", "tty", "exec")
+CAPABILITIES = ("containers", "signals", "stdio", "export", "network", "stdin", "tty", "exec", "stats")
 TAR = ("/bin/busybox", "tar")
 TIOCSWINSZ = 0x5414
 CREDIT_BATCH = 64 << 10
@@ -250,6 +250,8 @@ class Agent:
             "container.export": self.export_container,
             "process.start": self.start_process,
             "resize": self.resize,
+            "container.top": self.top,
+            "container.stats": self.stats,
             "network.configure": self.configure_network,
             "signal": self.signal,
             "shutdown": self.shutdown,
@@ -557,6 +559,18 @@ class Agent:
             self.check_all()
 
         self.selector.register(errors_r, selectors.EVENT_READ, on_errors)
+
+    def _box(self, args: dict[str, Any]) -> container.Container:
+        box = self.containers.get(str(args["id"]))
+        if box is None or not box.pid:
+            raise container.StartError(125, f"no running container {args['id']} in this pod")
+        return box
+
+    def top(self, args: dict[str, Any], reply: Reply) -> None:
+        reply.ok({"processes": proc.processes(self._box(args).pid), "uptime": uptime()})
+
+    def stats(self, args: dict[str, Any], reply: Reply) -> None:
+        reply.ok(proc.stats(self._box(args).pid))
 
     def resize(self, args: dict[str, Any], reply: Reply) -> None:
         terminal = self.terminals.get((str(args["id"]), str(args.get("process") or "")))

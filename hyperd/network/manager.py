@@ -71,6 +71,15 @@ class Joined:
     tap: link.Tap | None = None
 
 
+@dataclass(frozen=True)
+class Member:
+    """A running pod on a network: the names it answers to there, its address and MAC."""
+
+    names: tuple[str, ...]
+    address: ipaddress.IPv4Interface
+    mac: str
+
+
 @dataclass
 class Attachment:
     """A pod's networking for one run; ``Networks.detach`` undoes all of it."""
@@ -114,8 +123,8 @@ class Networks:
         if not enabled:
             del self._builtin["bridge"]
         self._lock = asyncio.Lock()
-        self._members: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {}
-        """Network id -> container id -> (its names, its address) while its pod runs."""
+        self._members: dict[str, dict[str, Member]] = {}
+        """Network id -> container id -> its member while its pod runs."""
         self._forwards: dict[str, list[nft.Forward]] = {}
         self._dns: dict[str, dns.DnsServer] = {}
 
@@ -172,8 +181,6 @@ class Networks:
 
     def remove(self, ref: str) -> Network:
         network = self.get(ref)
-        if network.builtin:
-            raise InvalidArgument(f"{network.name} is a pre-defined network and cannot be removed")
         users = self._members.get(network.id)
         if users:
             raise Conflict(f"error while removing network: network {network.name} id {network.id} has active "
@@ -181,9 +188,9 @@ class Networks:
         self.ipam.remove(network.id)
         return network
 
-    def members(self, network: Network) -> dict[str, str]:
-        """Container id -> address, of the pods on ``network`` now."""
-        return {cid: address for cid, (_, address) in self._members.get(network.id, {}).items()}
+    def members(self, network: Network) -> dict[str, Member]:
+        """Container id -> member, of the pods on ``network`` now."""
+        return dict(self._members.get(network.id, {}))
 
     def endpoint(self, ref: str, aliases: tuple[str, ...] = (), ip: str = "", mac: str = "") -> Endpoint:
         """A container's endpoint on a bridge network named by the user, checked now (at create)."""
@@ -258,8 +265,8 @@ class Networks:
             prefix = ipaddress.IPv4Network(network.subnet).prefixlen
             joined = Joined(network, ipaddress.IPv4Interface(f"{address}/{prefix}"), endpoint.mac or link.random_mac())
             attachment.joined.append(joined)
-            self._members[network.id][wiring.container_id] = (
-                (*wiring.names, *endpoint.aliases), str(address))
+            self._members[network.id][wiring.container_id] = Member(
+                (*wiring.names, *endpoint.aliases), joined.address, joined.mac)
             joined.tap = await link.Tap.open(f"{link.TAP_PREFIX}{wiring.container_id[:11]}{index}", network.bridge)
             attachment.nics.append(Nic(mac=joined.mac, tap_fd=joined.tap.fd))
             attachment.interfaces.append({"mac": joined.mac, "address": str(joined.address), "mtu": MTU,
@@ -291,8 +298,8 @@ class Networks:
 
     def _lookup(self, network_id: str) -> dns.Lookup:
         def lookup(name: str) -> list[str]:
-            members = self._members.get(network_id, {})
-            return [address for names, address in members.values() if name in {n.lower() for n in names}]
+            members = self._members.get(network_id, {}).values()
+            return [str(m.address.ip) for m in members if name in {n.lower() for n in m.names}]
         return lookup
 
     async def serve(self, attachment: Attachment) -> None:

@@ -156,11 +156,13 @@ def test_error_responses_are_error_objects_with_statuses_hyperd_uses(spec: dict[
             assert content["application/json"]["schema"] == {"$ref": ERROR}, (method, path, status)
 
 
-def test_output_streams_use_the_multiplexed_media_type(spec: dict[str, Any]) -> None:
-    for path in ("/containers/{id}/attach", "/containers/{id}/logs"):
+def test_output_streams_use_docker_media_types(spec: dict[str, Any]) -> None:
+    for path, types in (("/containers/{id}/attach", [api.STREAM_TYPE, api.RAW_TYPE]),
+                        ("/exec/{id}/start", [api.STREAM_TYPE, api.RAW_TYPE]),
+                        ("/containers/{id}/logs", [api.STREAM_TYPE])):
         item = spec["paths"][path]
         (operation,) = (item[method] for method in METHODS if method in item)
-        assert list(operation["responses"]["200"]["content"]) == [api.STREAM_TYPE]
+        assert list(operation["responses"]["200"]["content"]) == types, path
 
 
 def test_path_parameters_are_declared(spec: dict[str, Any]) -> None:
@@ -362,3 +364,144 @@ async def test_rename_and_prune(spec: dict[str, Any], client: Client) -> None:
     body = await check(spec, pruned, "POST", "/containers/prune")
     assert created["Id"] in body["ContainersDeleted"] and len(body["ContainersDeleted"]) == 2
     assert await (await client.get("/containers/json", params={"all": "1"})).json() == []
+
+
+# -- networks --------------------------------------------------------------------------------
+
+BACKEND = {"Name": "backend", "IPAM": {"Config": [{"Subnet": "10.77.0.0/24"}]}, "Labels": {"team": "a"}}
+
+
+async def test_network_bodies_match_their_schemas(spec: dict[str, Any], client: Client) -> None:
+    listed = await check(spec, await client.get("/networks"), "GET", "/networks")
+    assert [(n["Name"], n["Driver"]) for n in listed] == [("bridge", "bridge"), ("none", "null"), ("user", "user")]
+
+    response = await client.post("/networks/create", json=BACKEND)
+    assert response.status == 201, await response.text()
+    created = await check(spec, response, "POST", "/networks/create")
+    for ref in ("backend", created["Id"], created["Id"][:12]):
+        response = await client.get(f"/networks/{ref}")
+        assert response.status == 200, ref
+        network = await check(spec, response, "GET", "/networks/{id}")
+        assert network["Id"] == created["Id"] and network["Driver"] == "bridge"
+        assert network["IPAM"]["Config"] == [{"Subnet": "10.77.0.0/24", "Gateway": "10.77.0.1"}]
+        assert network["Labels"] == {"team": "a"} and network["Containers"] == {}
+    response = await client.post("/networks/create", json={"Name": "front"})  # a free subnet is picked
+    assert response.status == 201, await response.text()
+    listed = await check(spec, await client.get("/networks"), "GET", "/networks")
+    assert [n["Name"] for n in listed] == ["bridge", "none", "user", "backend", "front"]
+
+    await client.post("/images/import", params={"repo": "tiny"}, data=rootfs())
+    response = await client.post("/containers/create", params={"name": "one"}, json={"Image": "tiny", "Cmd": ["true"]})
+    assert response.status == 201
+    for url, template, body in (
+            ("/networks/front/connect", "/networks/{id}/connect",
+             {"Container": "one", "EndpointConfig": {"Aliases": ["web"]}}),
+            ("/networks/bridge/disconnect", "/networks/{id}/disconnect", {"Container": "one"})):
+        response = await client.post(url, json=body)
+        assert response.status == 200, (url, await response.text())
+        assert "200" in spec["paths"][template]["post"]["responses"]
+    inspected = await check(spec, await client.get("/containers/one/json"), "GET", "/containers/{id}/json")
+    assert inspected["HostConfig"]["NetworkMode"] == "bridge", "docker keeps the mode it was created with"
+
+    pruned = await client.post("/networks/prune")
+    assert await check(spec, pruned, "POST", "/networks/prune") == {"NetworksDeleted": ["backend"]}
+    assert (await client.delete("/containers/one")).status == 204
+    assert (await client.delete("/networks/front")).status == 204
+    assert "204" in spec["paths"]["/networks/{id}"]["delete"]["responses"]
+    assert await check(spec, await client.post("/networks/prune"), "POST", "/networks/prune") == {
+        "NetworksDeleted": []}
+    listed = await check(spec, await client.get("/networks"), "GET", "/networks")
+    assert [n["Name"] for n in listed] == ["bridge", "none", "user"]
+
+
+async def test_create_with_networking_is_shown_by_inspect(spec: dict[str, Any], client: Client) -> None:
+    await client.post("/images/import", params={"repo": "tiny"}, data=rootfs())
+    assert (await client.post("/networks/create", json=BACKEND)).status == 201
+    bindings = {"80/tcp": [{"HostIp": "", "HostPort": "8080"}], "53/udp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
+    response = await client.post("/containers/create", params={"name": "web"}, json={
+        "Image": "tiny", "Cmd": ["true"], "Hostname": "www", "NetworkMode": "backend", "PortBindings": bindings,
+        "ExposedPorts": {"9000/tcp": {}}, "Dns": ["10.77.0.53"], "DnsSearch": ["example.org"],
+        "DnsOptions": ["ndots:2"], "ExtraHosts": ["db:10.77.0.9"], "MacAddress": "02:42:0a:4d:00:07",
+        "NetworkingConfig": {"EndpointsConfig": {"backend": {"Aliases": ["api"],
+                                                             "IPAMConfig": {"IPv4Address": "10.77.0.7"}}}},
+    })
+    assert response.status == 201, await response.text()
+    await check(spec, response, "POST", "/containers/create")
+
+    inspected = await check(spec, await client.get("/containers/web/json"), "GET", "/containers/{id}/json")
+    assert inspected["Config"]["Hostname"] == "www"
+    assert inspected["Config"]["ExposedPorts"] == {"9000/tcp": {}, "80/tcp": {}, "53/udp": {}}, "-p exposes too"
+    host = inspected["HostConfig"]
+    assert host["NetworkMode"] == "backend" and host["PortBindings"] == bindings and host["PublishAllPorts"] is False
+    assert (host["Dns"], host["DnsSearch"], host["DnsOptions"], host["ExtraHosts"]) == (
+        ["10.77.0.53"], ["example.org"], ["ndots:2"], ["db:10.77.0.9"])
+    # Not running: nothing published and no address yet.
+    assert inspected["NetworkSettings"] == {"Ports": {"9000/tcp": None, "80/tcp": None, "53/udp": None},
+                                           "Networks": {}, "IPAddress": "",
+                                           "IPPrefixLen": 0, "Gateway": "", "MacAddress": ""}
+    (summary,) = await check(spec, await client.get("/containers/json", params={"all": "1"}),
+                             "GET", "/containers/json")
+    assert summary["HostConfig"] == {"NetworkMode": "backend"} and summary["Ports"] == []
+
+    response = await client.post("/containers/create", json={"Image": "tiny", "Cmd": ["true"], "NetworkMode": "user",
+                                                             "PublishAllPorts": True,
+                                                             "ExposedPorts": {"80/tcp": {}}})
+    assert response.status == 201, await response.text()
+    inspected = await (await client.get(f"/containers/{(await response.json())['Id']}/json")).json()
+    assert conforms(spec, inspected, response_schema(spec, "GET", "/containers/{id}/json", 200)) == []
+    assert inspected["HostConfig"]["NetworkMode"] == "user" and inspected["HostConfig"]["PublishAllPorts"] is True
+    assert inspected["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "", "HostPort": ""}]}
+
+    response = await client.post("/containers/create", json={"Image": "tiny", "Cmd": ["true"]})
+    inspected = await (await client.get(f"/containers/{(await response.json())['Id']}/json")).json()
+    assert inspected["HostConfig"]["NetworkMode"] == "bridge", "the daemon's default"
+
+
+async def test_network_errors_match_the_error_schema(spec: dict[str, Any], client: Client) -> None:
+    await client.post("/images/import", params={"repo": "tiny"}, data=rootfs())
+    await client.post("/containers/create", params={"name": "one"}, json={"Image": "tiny", "Cmd": ["true"]})
+    await client.post("/networks/create", json=BACKEND)
+    tiny = {"Image": "tiny", "Cmd": ["true"]}
+    cases: list[tuple[str, str, str, Any, int]] = [
+        ("POST", "/networks/create", "/networks/create", {}, 400),
+        ("POST", "/networks/create", "/networks/create", [], 400),
+        ("POST", "/networks/create", "/networks/create", {"Name": "bad name"}, 400),
+        ("POST", "/networks/create", "/networks/create", {"Name": "x", "Driver": "overlay"}, 400),
+        ("POST", "/networks/create", "/networks/create",
+         {"Name": "x", "IPAM": {"Config": [{"Subnet": "10.1/33"}]}}, 400),
+        ("POST", "/networks/create", "/networks/create",
+         {"Name": "x", "IPAM": {"Config": [{"Subnet": "10.78.0.0/24", "Gateway": "10.79.0.1"}]}}, 400),
+        ("POST", "/networks/create", "/networks/create", {"Name": "backend"}, 409),
+        ("POST", "/networks/create", "/networks/create", {"Name": "bridge"}, 409),
+        ("POST", "/networks/create", "/networks/create",
+         {"Name": "x", "IPAM": {"Config": [{"Subnet": "10.77.0.0/16"}]}}, 409),
+        ("GET", "/networks/nosuch", "/networks/{id}", None, 404),
+        ("DELETE", "/networks/nosuch", "/networks/{id}", None, 404),
+        ("DELETE", "/networks/bridge", "/networks/{id}", None, 400),
+        ("POST", "/networks/nosuch/connect", "/networks/{id}/connect", {"Container": "one"}, 404),
+        ("POST", "/networks/backend/connect", "/networks/{id}/connect", {"Container": "nobody"}, 404),
+        ("POST", "/networks/backend/connect", "/networks/{id}/connect", [], 400),
+        ("POST", "/networks/none/connect", "/networks/{id}/connect", {"Container": "one"}, 400),
+        ("POST", "/networks/backend/connect", "/networks/{id}/connect",
+         {"Container": "one", "EndpointConfig": {"IPAMConfig": {"IPv4Address": "10.1.0.1"}}}, 400),
+        ("POST", "/networks/bridge/connect", "/networks/{id}/connect", {"Container": "one"}, 409),
+        ("POST", "/networks/backend/disconnect", "/networks/{id}/disconnect", {"Container": "one"}, 404),
+        ("POST", "/networks/nosuch/disconnect", "/networks/{id}/disconnect", {"Container": "one"}, 404),
+        ("POST", "/networks/bridge/disconnect", "/networks/{id}/disconnect", {"Container": "nobody"}, 404),
+        ("POST", "/containers/create", "/containers/create", {**tiny, "NetworkMode": "host"}, 400),
+        ("POST", "/containers/create", "/containers/create",
+         {**tiny, "NetworkMode": "none", "PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}, 400),
+        ("POST", "/containers/create", "/containers/create",
+         {**tiny, "PortBindings": {"80/tcp": [{"HostPort": "0x50"}]}}, 400),
+        ("POST", "/containers/create", "/containers/create", {**tiny, "PortBindings": {"80/sctp": []}}, 400),
+        ("POST", "/containers/create", "/containers/create",
+         {**tiny, "NetworkingConfig": {"EndpointsConfig": {"bridge": {"IPAMConfig": {"IPv4Address": "172.31.0.9"}}}}},
+         400),
+        ("POST", "/containers/create", "/containers/create",
+         {**tiny, "NetworkingConfig": {"EndpointsConfig": {"bridge": {}, "backend": {}}}}, 400),
+        ("POST", "/containers/create", "/containers/create", {**tiny, "NetworkMode": "nosuch"}, 404),
+    ]
+    for method, url, template, body, status in cases:
+        response = await client.request(method, url, json=body)
+        assert response.status == status, (method, url, body, await response.text())
+        await check(spec, response, method, template)
