@@ -804,8 +804,9 @@ def test_ps_format_last_latest_and_filters(hyperd: FakeHyperd, args: list[str], 
 
 
 def test_ps_unknown_filter_is_one_line(hyperd: FakeHyperd) -> None:
-    result = hyper(hyperd, "ps", "--filter", "label=x")
-    assert (result.exit_code, result.stderr) == (125, "hyper: invalid filter 'label': use id, name, status, ancestor\n")
+    result = hyper(hyperd, "ps", "--filter", "volume=x")
+    assert (result.exit_code, result.stderr) == (
+        125, "hyper: invalid filter 'volume': use id, name, status, ancestor, label\n")
 
 
 def test_restart_stops_then_starts(hyperd: FakeHyperd) -> None:
