@@ -150,13 +150,15 @@ def test_udp_port_reaches_the_pod(netd: Daemon, nethyper: Hyper, udp_echo: str) 
 
 
 def test_user_network_names_and_isolation(netd: Daemon, nethyper: Hyper) -> None:
-    for name in ("front", "back"):
-        result = nethyper("network", "create", name)
-        assert result.returncode == 0, result.stderr
+    assert nethyper("network", "create", "--subnet", "10.40.0.0/24", "front").returncode == 0
+    assert nethyper("network", "create", "back").returncode == 0
     try:
-        serve(nethyper, "api", "--network", "front", "--network-alias", "service")
+        serve(nethyper, "api", "--network", "front", "--network-alias", "service", "--ip", "10.40.0.77")
         inspect = json.loads(nethyper("inspect", "api").stdout)[0]
         address = inspect["NetworkSettings"]["Networks"]["front"]["IPAddress"]
+        assert address == "10.40.0.77"
+        network = json.loads(nethyper("network", "inspect", "front").stdout)[0]
+        assert network["Containers"][inspect["Id"]]["IPv4Address"] == "10.40.0.77/24"
         wait_served(netd, f"http://{address}/", "hello from api\n")
         for host in ("api", "service", inspect["Id"][:12]):
             got = nethyper("run", "--rm", "--network", "front", "busybox", "wget", "-q", "-O-", f"http://{host}/")
