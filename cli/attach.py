@@ -80,12 +80,13 @@ DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
 
 def run(client: Client, container: str, interactive: bool = False, tty: bool = False,
         detach_keys: bytes = b"") -> int:
-    """Run a created container attached to our stdio; its exit status (0 after a detach)."""
+    """Start a created or exited container attached to our stdio; its exit status (0 after a detach)."""
     check_terminal(interactive, tty)
     # With a terminal, Ctrl-C is a key for the container; without one, it stops the container.
     previous = None if tty else signal.signal(signal.SIGINT, Interrupts(client, container))
     try:
-        with client.attach(container, stdin=interactive) as stream, client.wait_later(container) as waiting:
+        with client.attach(container, stdin=interactive) as stream, \
+                client.wait_later(container, next_exit=True) as waiting:
             client.start(container)
             if session(stream, interactive, tty, lambda rows, cols: client.resize(container, rows, cols),
                        detach_keys):

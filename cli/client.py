@@ -352,10 +352,12 @@ class Client:
     def wait(self, container: str) -> Any:
         return self.call("POST", f"/containers/{_ident(container)}/wait")
 
-    def wait_later(self, container: str) -> Pending:
+    def wait_later(self, container: str, next_exit: bool = False) -> Pending:
         """Send a wait now, to read its answer later: sent before the start, it cannot miss
-        the exit of a container that is removed as soon as it exits (``AutoRemove``)."""
-        return Pending(self._open("POST", f"/containers/{_ident(container)}/wait"))
+        the exit of a container that is removed as soon as it exits (``AutoRemove``);
+        ``next_exit`` waits past a previous run's exit, for the run about to start."""
+        query = {"condition": "next-exit"} if next_exit else None
+        return Pending(self._open("POST", f"/containers/{_ident(container)}/wait", query))
 
     def stop(self, container: str, timeout: int | None = None) -> None:
         query = None if timeout is None else {"t": str(timeout)}

@@ -309,7 +309,7 @@ def run(host: str, /, detach: bool, detach_keys: str, name: str | None, pull_pol
 def create(host: str, /, name: str | None, pull_policy: str, platform: str, image: str, command: tuple[str, ...],
            **settings: Any) -> None:
     """Create a container from IMAGE without starting it; print its ID. Options go before IMAGE."""
-    _, container = _new_container(host, name, pull_policy, platform, image, command, **settings)
+    _, container = _new_container(host, name, pull_policy, platform, image, command, once=True, **settings)
     click.echo(container)
 
 
@@ -461,12 +461,27 @@ def restart(host: str, timeout: int | None, containers: tuple[str, ...]) -> None
 
 
 @cli.command()
+@click.option("-a", "--attach", "attached", is_flag=True,
+              help="Attach to the output; exit with the container's status.")
+@click.option("-i", "--interactive", is_flag=True, help="Attach stdin too.")
+@click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
+              help="The keys that leave an attached session with the container running.")
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj
-def start(host: str, containers: tuple[str, ...]) -> None:
-    """Start created or exited containers in the background (each boots a new VM)."""
+def start(host: str, attached: bool, interactive: bool, detach_keys: str, containers: tuple[str, ...]) -> None:
+    """Start created or exited containers (each boots a new VM), in the background unless -a/-i."""
     client = connect(host)
-    each(containers, then_echo(client.start))
+    if not (attached or interactive):
+        each(containers, then_echo(client.start))
+        return
+    from cli import attach
+
+    if len(containers) > 1:
+        raise HyperError("you cannot start and attach multiple containers at once")
+    keys = _detach_keys(detach_keys)
+    config = client.inspect(containers[0]).get("Config") or {}
+    stdin, tty = interactive and bool(config.get("OpenStdin")), bool(config.get("Tty"))
+    sys.exit(attach.run(client, containers[0], stdin, tty, keys))
 
 
 @cli.command()
@@ -497,13 +512,13 @@ def attach_command(host: str, no_stdin: bool, detach_keys: str, container: str) 
 
     keys = _detach_keys(detach_keys)
     client = connect(host)
-    details = client.inspect(container)
-    if not (details.get("State") or {}).get("Running"):
-        raise HyperError("You cannot attach to a stopped container, start it first")
-    config = details.get("Config") or {}
+    config = client.inspect(container).get("Config") or {}
     interactive, tty = bool(config.get("OpenStdin")) and not no_stdin, bool(config.get("Tty"))
     attach.check_terminal(interactive, tty)
     with client.attach(container, stdin=interactive) as stream, client.wait_later(container) as waiting:
+        # Checked once attached: a container that exits in between cannot leave us waiting for its next run.
+        if not (client.inspect(container).get("State") or {}).get("Running"):
+            raise HyperError("You cannot attach to a stopped container, start it first")
         if attach.session(stream, interactive, tty, lambda rows, cols: client.resize(container, rows, cols), keys):
             return
         sys.exit(attach.exit_status(waiting.result()))

@@ -546,7 +546,10 @@ async def resize_exec(request: web.Request) -> web.Response:
 
 
 async def wait_container(request: web.Request) -> web.Response:
-    container = await _daemon(request).wait(request.match_info["id"])
+    condition = request.query.get("condition", "not-running")
+    if condition not in ("not-running", "next-exit"):
+        raise errors.InvalidArgument(f"invalid condition {condition!r}: not-running or next-exit")
+    container = await _daemon(request).wait(request.match_info["id"], next_exit=condition == "next-exit")
     error = {"Message": container.error} if container.error else None
     return web.json_response({"StatusCode": container.exit_code, "Error": error})
 

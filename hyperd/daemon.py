@@ -128,6 +128,8 @@ class Daemon:
         self.finished: dict[str, asyncio.Event] = {}
         self.removed: dict[str, asyncio.Event] = {}
         self.booted: dict[str, asyncio.Event] = {}
+        self.next_exit: dict[str, asyncio.Future[None]] = {}
+        """Resolved at the container's next exit (docker's wait condition next-exit)."""
         """Set while the container's pod runs: where stdin that arrived early waits."""
         self.execs: dict[str, Exec] = {}
         self.restarts: dict[str, asyncio.Task[None]] = {}
@@ -169,6 +171,7 @@ class Daemon:
         self.finished[container.id] = asyncio.Event()
         self.removed[container.id] = asyncio.Event()
         self.booted[container.id] = asyncio.Event()
+        self.next_exit[container.id] = asyncio.get_running_loop().create_future()
         self.subscribers[container.id] = []
 
     def _emit(self, container: Container, action: str, **extra: str) -> None:
@@ -674,6 +677,8 @@ class Daemon:
         for queue in self.subscribers[container.id]:
             _close_stream(queue)
         self.finished[container.id].set()
+        self.next_exit[container.id].set_result(None)
+        self.next_exit[container.id] = asyncio.get_running_loop().create_future()
 
     async def _teardown(self, pod: Pod) -> None:
         """Ask the agent to power off; QMP quit or SIGKILL when it does not."""
@@ -788,8 +793,12 @@ class Daemon:
                 await pod.vm.kill()
                 await finished.wait()
 
-    async def wait(self, ref: str) -> Container:
+    async def wait(self, ref: str, next_exit: bool = False) -> Container:
+        """Until the container is not running (with ``next_exit``: until it next exits, even if it
+        has not started yet: what ``start -a`` waits for)."""
         container = self.get(ref)
+        if next_exit:
+            await asyncio.shield(self.next_exit[container.id])
         await self.finished[container.id].wait()
         if container.spec.autoremove:
             await self.removed[container.id].wait()
@@ -954,12 +963,13 @@ class Daemon:
     # -- output -------------------------------------------------------------------------
 
     def subscribe(self, container: Container) -> tuple[Subscriber, int]:
-        """A queue of the output from now on, and the log's size now: together they miss and repeat nothing."""
+        """A queue of the output from now on, and the log's size now: together they miss and repeat nothing.
+
+        The queue ends when the container's current run ends, or, if it is not running, its
+        next run (as docker's attach waits for a start, which ``start -a`` relies on).
+        """
         queue: Subscriber = asyncio.Queue(SUBSCRIBER_BACKLOG)
         self.subscribers[container.id].append(queue)
-        if self.finished[container.id].is_set() and container.state != ContainerState.RUNNING \
-                and container.started:
-            _close_stream(queue)
         try:
             offset = self.log_path(container).stat().st_size
         except FileNotFoundError:

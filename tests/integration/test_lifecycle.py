@@ -147,3 +147,14 @@ def test_create_rename_and_container_prune(make_daemon: DaemonFactory) -> None:
     assert lines(pruned.stdout)[:2] == ["Deleted Containers:", created.stdout.strip()]
     assert daemon.hyper("ps", "-a", "--format", "{{.Names}}").stdout == "busy\n"  # the running one stays
     assert daemon.hyper("rm", "-f", "busy").returncode == 0
+
+
+def test_start_attached(hyper: Hyper) -> None:
+    assert hyper("create", "--name", "again", "busybox", "sh", "-c", "echo run; exit 4").returncode == 0
+    for _ in range(2):  # created, then exited: each start -a sees its own run
+        got = hyper("start", "-a", "again")
+        assert (got.returncode, got.stdout) == (4, "run\n"), got.stderr
+    assert hyper("create", "-i", "--name", "echoer", "busybox", "cat").returncode == 0
+    piped = subprocess.run([hyper.daemon.cli, "start", "-a", "-i", "echoer"], input=b"hello\n", capture_output=True,
+                           env=hyper.daemon.cli_env(), timeout=CLI_TIMEOUT, check=False)
+    assert (piped.returncode, piped.stdout) == (0, b"hello\n"), piped.stderr

@@ -76,7 +76,8 @@ def test_published_port_serves_from_outside(netd: Daemon, nethyper: Hyper, make_
     """A client in another namespace, over a veth pair between the two: the kernel's DNAT serves it."""
     client = make_daemon.netns()
     veth = ["ip", "link", "add", "hyt-out", "type", "veth", "peer", "name", "hyt-in", "netns", client]
-    for argv in (veth, ["ip", "addr", "add", "10.200.0.1/24", "dev", "hyt-out"], ["ip", "link", "set", "hyt-out", "up"]):
+    for argv in (veth, ["ip", "addr", "add", "10.200.0.1/24", "dev", "hyt-out"],
+                 ["ip", "link", "set", "hyt-out", "up"]):
         assert netd.in_netns(*argv).returncode == 0
     for argv in (["ip", "addr", "add", "10.200.0.2/24", "dev", "hyt-in"], ["ip", "link", "set", "hyt-in", "up"]):
         subprocess.run(["ip", "netns", "exec", client, *argv], check=True)
