@@ -117,6 +117,19 @@ def _options(items: Iterable[str], flag: str, bare: bool = False) -> dict[str, s
     return options
 
 
+def _bytes(text: str, flag: str) -> int:
+    """``512m`` as bytes (0 when not given); a malformed size is refused here."""
+    if not text:
+        return 0
+    from hyperd.errors import HyperError as DaemonError
+    from hyperd.isolation import parse_size
+
+    try:
+        return parse_size(text, flag)
+    except DaemonError as err:
+        raise HyperError(str(err)) from None
+
+
 def _env_files(paths: Iterable[str]) -> list[str]:
     """``--env-file``: ``K=V`` per line (``#`` comments and blank lines skipped, a bare ``K`` copied
     from our environment), in the order given; ``-e`` comes after and wins."""
@@ -196,6 +209,19 @@ def _container_options(command: Callable[..., None]) -> Callable[..., None]:
                      help="A resource limit, e.g. nofile=1024:2048 (repeatable)."),
         click.option("--sysctl", "sysctls", multiple=True, metavar="K=V",
                      help="A namespaced kernel setting, e.g. net.ipv4.ip_forward=1 (repeatable)."),
+        click.option("-m", "--memory", default="", metavar="BYTES", help="Memory limit (512m, 1g)."),
+        click.option("--memory-swap", default="", metavar="BYTES", help="Memory plus swap limit; -1 unlimited."),
+        click.option("--cpus", type=float, default=0.0, metavar="N", help="CPUs the container may use (1.5)."),
+        click.option("-c", "--cpu-shares", type=int, default=0, metavar="N", help="Relative CPU weight."),
+        click.option("--cpuset-cpus", default="", metavar="LIST", help="CPUs the container may run on (0-1,3)."),
+        click.option("--pids-limit", type=int, default=0, metavar="N", help="Most processes; -1 unlimited."),
+        click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability, or ALL (repeatable)."),
+        click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability, or ALL (repeatable)."),
+        click.option("--privileged", is_flag=True, help="Every capability, no masked paths."),
+        click.option("--security-opt", multiple=True, metavar="OPT",
+                     help="no-new-privileges[:true|false], seccomp=unconfined (repeatable)."),
+        click.option("--read-only", is_flag=True, help="Mount the container's root filesystem read-only."),
+        click.option("--tmpfs", multiple=True, metavar="PATH[:OPTIONS]", help="Mount a tmpfs (repeatable)."),
         click.option("--restart", default="no", metavar="POLICY",
                      help="no, on-failure[:N], always or unless-stopped: restart the container when it exits."),
         click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and attached."),
@@ -260,6 +286,18 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
         "Init": settings["init"],
         "Ulimits": [_ulimit(text) for text in settings["ulimits"]],
         "Sysctls": _options(settings["sysctls"], "--sysctl"),
+        "Memory": _bytes(settings["memory"], "--memory"),
+        "MemorySwap": -1 if settings["memory_swap"] == "-1" else _bytes(settings["memory_swap"], "--memory-swap"),
+        "NanoCpus": round(settings["cpus"] * 1e9),
+        "CpuShares": settings["cpu_shares"],
+        "CpusetCpus": settings["cpuset_cpus"],
+        "PidsLimit": settings["pids_limit"],
+        "CapAdd": list(settings["cap_add"]),
+        "CapDrop": list(settings["cap_drop"]),
+        "Privileged": settings["privileged"],
+        "SecurityOpt": list(settings["security_opt"]),
+        "ReadonlyRootfs": settings["read_only"],
+        "Tmpfs": dict(item.partition(":")[::2] for item in settings["tmpfs"]),
     }
     endpoint = network.endpoint_config(settings["aliases"], settings["ip"], settings["mac"])
     if endpoint:

@@ -40,6 +40,7 @@ from hyperd.image import (
     registry,
 )
 from hyperd.image.store import Image
+from hyperd.isolation import Resources, Security
 from hyperd.network import Network, NetworkRequest, ports
 from hyperd.network.manager import Member
 from hyperd.state import Container, ContainerState, parse_signal, signal_name
@@ -167,6 +168,7 @@ def _inspect(container: Container) -> dict[str, Any]:
             "FinishedAt": _iso(container.finished),
             "Pid": container.vm_pid if container.state == ContainerState.RUNNING else 0,
             "Restarting": container.restarting,
+            "OOMKilled": container.oom_killed,
             "Timings": container.timings,
         },
         "Config": {
@@ -186,6 +188,13 @@ def _inspect(container: Container) -> dict[str, Any]:
             "StdinOnce": spec.stdin_once,
         },
         "HostConfig": {"AutoRemove": spec.autoremove, "Init": True,
+                       "Memory": spec.resources.memory, "MemorySwap": spec.resources.memory_swap,
+                       "NanoCpus": round(spec.resources.cpus * 1e9), "CpuShares": spec.resources.cpu_shares,
+                       "CpusetCpus": spec.resources.cpuset_cpus, "PidsLimit": spec.resources.pids_limit or None,
+                       "CapAdd": list(spec.security.cap_add), "CapDrop": list(spec.security.cap_drop),
+                       "Privileged": spec.security.privileged, "ReadonlyRootfs": spec.security.read_only,
+                       "SecurityOpt": ["no-new-privileges"] if spec.security.no_new_privileges else [],
+                       "Tmpfs": dict(spec.security.tmpfs),
                        "Ulimits": [{"Name": n, "Soft": _limit(soft), "Hard": _limit(hard)}
                                    for n, soft, hard in spec.ulimits],
                        "Sysctls": dict(spec.sysctls),
@@ -354,9 +363,34 @@ async def create_container(request: web.Request) -> web.Response:
         stdin_once=bool(body.get("StdinOnce")), restart=_restart_policy(body.get("RestartPolicy")),
         labels=_string_map(body, "Labels"), stop_signal=str(body.get("StopSignal") or ""), stop_timeout=timeout,
         ulimits=tuple(f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}" for u in ulimits),
-        sysctls=_string_map(body, "Sysctls"),
+        sysctls=_string_map(body, "Sysctls"), resources=_resources(body), security=_security(body),
     ), request.query.get("name"))
     return web.json_response({"Id": container.id, "Warnings": []}, status=201)
+
+
+def _number(body: dict[str, Any], key: str) -> int:
+    value = body.get(key) or 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise errors.InvalidArgument(f"{key} must be an integer")
+    return value
+
+
+def _resources(body: dict[str, Any]) -> Resources:
+    return Resources.parse(memory=_number(body, "Memory"), memory_swap=_number(body, "MemorySwap"),
+                           cpus=_number(body, "NanoCpus") / 1e9, cpu_shares=_number(body, "CpuShares"),
+                           cpuset_cpus=str(body.get("CpusetCpus") or ""), pids_limit=_number(body, "PidsLimit"))
+
+
+def _security(body: dict[str, Any]) -> Security:
+    def strings(key: str) -> tuple[str, ...]:
+        value = body.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise errors.InvalidArgument(f"{key} must be a list of strings")
+        return tuple(value)
+
+    return Security.parse(cap_add=strings("CapAdd"), cap_drop=strings("CapDrop"),
+                          privileged=bool(body.get("Privileged")), security_opt=strings("SecurityOpt"),
+                          read_only=bool(body.get("ReadonlyRootfs")), tmpfs=_string_map(body, "Tmpfs"))
 
 
 def _restart_policy(value: Any) -> str:

@@ -31,6 +31,7 @@ from hyperd.guest import AgentClient, ExitEvent, Input, ProcessInfo, Stream
 from hyperd.image import registry
 from hyperd.image.reference import server_host
 from hyperd.image.store import Image, ImageStore
+from hyperd.isolation import Resources, Security
 from hyperd.network import Endpoint, Network, NetworkRequest, ports
 from hyperd.network.manager import Attachment, Networks, Wiring
 from hyperd.restart import RestartPolicy, next_delay
@@ -78,6 +79,8 @@ class CreateRequest:
     ulimits: tuple[str, ...] = ()
     """``name=soft[:hard]``, as ``--ulimit`` takes them."""
     sysctls: dict[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    security: Security = field(default_factory=Security)
 
 
 @dataclass
@@ -227,7 +230,8 @@ class Daemon:
                        stdin_once=request.stdin_once and request.open_stdin, restart=policy,
                        labels={**base.labels, **request.labels},
                        stop_signal=parse_signal(request.stop_signal) if request.stop_signal else base.stop_signal,
-                       stop_timeout=request.stop_timeout, ulimits=ulimits, sysctls=dict(request.sysctls), **wiring)
+                       stop_timeout=request.stop_timeout, ulimits=ulimits, sysctls=dict(request.sysctls),
+                       resources=request.resources, security=request.security, **wiring)
         if not spec.args:
             raise errors.InvalidArgument("no command specified")
         if len(json.dumps([spec.args, spec.env, spec.workdir, spec.user])) > MAX_PROCESS_SPEC:
@@ -380,7 +384,7 @@ class Daemon:
             self._cancel_restart(container)
             container.restart_count = 0
             container.restart_delay = 0.0
-        container.restarting = False
+        container.restarting = container.oom_killed = False
         container.stopped_by_user = container.stopped_by_daemon = False
         container.transition(ContainerState.RUNNING, "start")
         container.error = ""
@@ -442,7 +446,9 @@ class Daemon:
                       rootfs: dict[str, Any], mark: Callable[[str], None]) -> Pod:
         spec = VMSpec(
             name=f"hyper-{container.id[:12]}", kernel=self.config.kernel, guest_disk=self.config.guest_disk,
-            workdir=self.container_dir(container) / "vm", memory_mib=self.config.memory_mib, disks=tuple(disks),
+            workdir=self.container_dir(container) / "vm", disks=tuple(disks),
+            memory_mib=container.spec.resources.vm_memory_mib(self.config.memory_mib),
+            vcpus=container.spec.resources.vm_vcpus(),
             nics=tuple(attachment.nics),
         )
         vm = await self.hypervisor.launch(spec)
@@ -492,8 +498,11 @@ class Daemon:
                 "rootfs": rootfs,
                 "hostname": container.spec.hostname or container.id[:12],
                 "files": attachment.files,
-                "process": _process(container.spec.args, container.spec.env, container.spec.workdir,
-                                    container.spec.user, container.spec.ulimits),
+                "process": _process(container.spec, container.spec.args, container.spec.env,
+                                    container.spec.workdir, container.spec.user),
+                "limits": container.spec.resources.agent_limits(),
+                "security": container.spec.security.agent_security(),
+                "tmpfs": container.spec.security.tmpfs,
                 **({"sysctls": container.spec.sysctls} if container.spec.sysctls else {}),
                 "stdout": stdout.id, "tty": container.spec.tty,
                 **({"stderr": stderr.id} if stderr is not None else {}),
@@ -587,6 +596,9 @@ class Daemon:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if pod.exited.done():
                 container.exit_code = pod.exited.result().status
+                container.oom_killed = pod.exited.result().oom
+                if container.oom_killed:
+                    self._emit(container, "oom")
                 # The agent reports an exit only after all output went out: drain it all.
                 await asyncio.wait(pod.tasks, timeout=SHUTDOWN_TIMEOUT)
             elif pod.stopping:
@@ -935,7 +947,7 @@ class Daemon:
                 "container": ex.container.id, "id": ex.id, "tty": ex.tty, "stdout": stdout.id,
                 **({"stderr": stderr.id} if stderr is not None else {}),
                 **({"stdin": ex.stdin.id} if ex.stdin is not None else {}),
-                "process": _process(ex.args, ex.env, ex.workdir, ex.user, ex.container.spec.ulimits),
+                "process": _process(ex.container.spec, ex.args, ex.env, ex.workdir, ex.user),
             })
         except errors.StartFailed as err:
             self._end_exec(ex, err.exit_code)
@@ -1133,12 +1145,15 @@ def _validate_name(name: str) -> None:
         raise errors.InvalidArgument(f'invalid container name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
 
 
-def _process(args: tuple[str, ...], env: tuple[str, ...], workdir: str, user: str,
-             ulimits: tuple[tuple[str, int, int], ...]) -> dict[str, Any]:
-    """A process as the agent's ``container.start`` and ``process.start`` take it."""
-    process: dict[str, Any] = {"args": list(args), "env": list(env), "cwd": workdir or "/", "user": user}
-    if ulimits:
-        process["rlimits"] = [[RLIMITS[name], soft, hard] for name, soft, hard in ulimits]
+def _process(spec: ContainerSpec, args: tuple[str, ...], env: tuple[str, ...], workdir: str,
+             user: str) -> dict[str, Any]:
+    """A process of the container as the agent's ``container.start`` and ``process.start`` take it:
+    with the container's resource limits and privileges, whoever starts it."""
+    process: dict[str, Any] = {"args": list(args), "env": list(env), "cwd": workdir or "/", "user": user,
+                               "capabilities": spec.security.capabilities(),
+                               "no_new_privileges": spec.security.no_new_privileges}
+    if spec.ulimits:
+        process["rlimits"] = [[RLIMITS[name], soft, hard] for name, soft, hard in spec.ulimits]
     return process
 
 

@@ -50,6 +50,12 @@ def _int(value: Any, what: str, low: int, high: int) -> int:
     return value
 
 
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise GuestError(f"agent sent an invalid {what}")
+    return value
+
+
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e7:
         raise GuestError(f"agent sent an invalid {what}")
@@ -73,6 +79,8 @@ class ExitEvent:
     status: int
     process: str = ""
     """The exec'd process that exited; empty for the container's own command."""
+    oom: bool = False
+    """The kernel killed a process of the container for memory (its cgroup's limit)."""
 
 
 @dataclass(frozen=True)
@@ -360,7 +368,8 @@ class AgentClient:
         elif name == "exit":
             event = ExitEvent(_text(message.get("container"), "container id", 128),
                               _int(message.get("status"), "exit status", 0, 255),
-                              _text(message.get("process", ""), "process id", 128))
+                              _text(message.get("process", ""), "process id", 128),
+                              _bool(message.get("oom", False), "oom flag"))
             self._on_exit(event)
         else:
             raise GuestError(f"agent sent an unexpected event {str(name)[:64]!r}")

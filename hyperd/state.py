@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperd.errors import InvalidArgument, StateError, StorageError
+from hyperd.isolation import Resources, Security
 from hyperd.network import Endpoint
 from hyperd.network.ports import PortBinding
 from hyperd.restart import Policy, RestartPolicy
@@ -78,6 +79,8 @@ class ContainerSpec:
     ulimits: tuple[tuple[str, int, int], ...] = ()
     """(name, soft, hard) resource limits of the container's processes."""
     sysctls: dict[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    security: Security = field(default_factory=Security)
 
 
 def parse_signal(name: str) -> int:
@@ -139,6 +142,8 @@ class Container:
     """Exited, with a restart by its policy pending."""
     paused: bool = False
     """Running, with its whole VM frozen (``pause``)."""
+    oom_killed: bool = False
+    """The last run's end: the guest kernel killed in its cgroup for memory."""
     restart_delay: float = 0.0
 
     def transition(self, target: ContainerState, action: str) -> None:
@@ -193,6 +198,10 @@ def _from_record(record: dict[str, Any]) -> Container:
     spec["endpoints"] = tuple(Endpoint(**{**e, "aliases": tuple(e["aliases"])}) for e in spec.get("endpoints", ()))
     spec["ports"] = tuple(PortBinding(**p) for p in spec.get("ports", ()))
     spec["ulimits"] = tuple(tuple(u) for u in spec.get("ulimits", ()))
+    spec["resources"] = Resources(**spec.get("resources", {}))
+    security = spec.get("security", {})
+    spec["security"] = Security(**{**security, "cap_add": tuple(security.get("cap_add", ())),
+                                   "cap_drop": tuple(security.get("cap_drop", ()))})
     restart = spec.get("restart") or {}
     spec["restart"] = RestartPolicy(Policy(restart.get("policy", "no")), int(restart.get("max_retries", 0)))
     record["state"] = ContainerState(record["state"])

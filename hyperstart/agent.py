@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 
-from hyperstart import container, network, proc, syscalls
+from hyperstart import cgroup, container, network, proc, syscalls
 from hyperstart.protocol import (
     DATA_CHUNK,
     INITIAL_WINDOW,
@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # the guest pays for every import: typing only for the checke
 AGENT_VERSION = "0.1.0"
 MAX_ERROR = 2048
 """Characters of an error message sent to the host (which refuses longer ones)."""
-CAPABILITIES = ("containers", "signals", "stdio", "export", "network", "stdin", "tty", "exec", "stats")
+CAPABILITIES = ("containers", "signals", "stdio", "export", "network", "stdin", "tty", "exec", "stats", "limits")
 TAR = ("/bin/busybox", "tar")
 TIOCSWINSZ = 0x5414
 CREDIT_BATCH = 64 << 10
@@ -435,10 +435,14 @@ class Agent:
                                status=process.status)
                 continue
             box = self.containers.pop(process.container_id, None)
+            oom = False
             if box is not None:
                 container.release(box)
+                if box.cgroup:
+                    oom = cgroup.oom_killed(box.cgroup)
+                    cgroup.remove(box.cgroup)
             if not process.error:
-                self.event("exit", container=process.container_id, status=process.status)
+                self.event("exit", container=process.container_id, status=process.status, oom=oom)
         for pid, export in list(self.exports.items()):
             if not export.finished:
                 continue
@@ -458,6 +462,8 @@ class Agent:
             raise container.StartError(125, f"protocol version {version} is not one this agent speaks")
         self.version = version
         self.capabilities = set(args.get("capabilities", ())) & set(CAPABILITIES)
+        if os.getpid() == 1:
+            cgroup.enable()
         if "time" in args:
             time.clock_settime(time.CLOCK_REALTIME, float(args["time"]))
         seed = binascii.a2b_base64(args.get("entropy", ""))
@@ -476,7 +482,17 @@ class Agent:
         upper = rootfs.get("upper")
         box = container.assemble(cid, lower, (str(upper["disk"]), str(upper.get("fstype", "ext4"))) if upper else None)
         box.hostname = str(args.get("hostname") or box.hostname)
+        security = args.get("security") or {}
+        box.privileged = bool(security.get("privileged"))
+        box.read_only = bool(security.get("read_only"))
+        box.tmpfs = {str(k): str(v) for k, v in (args.get("tmpfs") or {}).items()}
         self.containers[cid] = box
+        try:
+            box.cgroup = cgroup.create(cid, args.get("limits") or {})
+        except BaseException:
+            del self.containers[cid]
+            container.release(box)
+            raise
         try:
             stdio = Stdio.open(args, box)
         except BaseException:
@@ -495,6 +511,7 @@ class Agent:
         except BaseException:
             del self.containers[cid]
             container.release(box)
+            cgroup.remove(box.cgroup)
             raise
 
     def start_process(self, args: dict[str, Any], reply: Reply) -> None:
@@ -655,6 +672,8 @@ def process_spec(args: dict[str, Any]) -> container.ProcessSpec:
         cwd=str(args.get("cwd") or "/"),
         user=str(args.get("user") or ""),
         rlimits=[(int(r), int(soft), int(hard)) for r, soft, hard in args.get("rlimits", [])],
+        capabilities=[int(c) for c in args["capabilities"]] if "capabilities" in args else None,
+        no_new_privileges=bool(args.get("no_new_privileges")),
     )
 
 

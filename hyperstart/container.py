@@ -20,7 +20,7 @@ import socket
 import stat
 import struct
 
-from hyperstart import syscalls
+from hyperstart import cgroup, syscalls
 from hyperstart.protocol import exit_status
 
 RUN = "/run/hyper"
@@ -29,6 +29,12 @@ TIOCSPTLCK = 0x40045431
 TIOCGPTPEER = 0x5441
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+MASKED = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+          "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap")
+"""Hidden from a container unless it is privileged, as docker hides them."""
+READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
 NAMING_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
 """The files hyperd writes for each container (docker's), bind-mounted over the image's."""
 FORWARDED = sorted(
@@ -47,16 +53,20 @@ class StartError(Exception):
 class ProcessSpec:
     """What to run: argv, environment, working directory and ``user[:group]``."""
 
-    __slots__ = ("args", "cwd", "env", "rlimits", "user")
+    __slots__ = ("args", "capabilities", "cwd", "env", "no_new_privileges", "rlimits", "user")
 
     def __init__(self, args: list[str], env: list[str], cwd: str = "/", user: str = "",
-                 rlimits: list[tuple[int, int, int]] | None = None) -> None:
+                 rlimits: list[tuple[int, int, int]] | None = None, capabilities: list[int] | None = None,
+                 no_new_privileges: bool = False) -> None:
         self.args = args
         self.env = env
         self.cwd = cwd
         self.user = user
         self.rlimits = rlimits or []
         """(resource, soft, hard): set before the user is, so that hard limits may rise."""
+        self.capabilities = capabilities
+        """The capabilities kept in the bounding set (all others dropped); None keeps them all."""
+        self.no_new_privileges = no_new_privileges
 
 
 class Container:
@@ -69,6 +79,11 @@ class Container:
         self.mounts = mounts
         self.files: list[tuple[str, str]] = []
         """(path in the container, staged file in the VM) to bind over the image's."""
+        self.cgroup = ""
+        self.privileged = False
+        self.read_only = False
+        self.tmpfs: dict[str, str] = {}
+        """Path in the container -> tmpfs mount options."""
         self.pid = 0
 
 
@@ -266,6 +281,13 @@ def _exec(spec: ProcessSpec) -> None:
     os.makedirs(cwd, exist_ok=True)
     for resource, soft, hard in spec.rlimits:
         syscalls.setrlimit(resource, soft, hard)
+    if spec.capabilities is not None:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+        for capability in set(range(last + 1)) - set(spec.capabilities):
+            syscalls.prctl(PR_CAPBSET_DROP, capability)
+    if spec.no_new_privileges:
+        syscalls.prctl(PR_SET_NO_NEW_PRIVS, 1)
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
@@ -319,6 +341,8 @@ def spawn(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
     # The child: PID 1 of a new PID namespace.  Nothing here may return to the agent.
     try:
         signal.set_wakeup_fd(-1)
+        if container.cgroup:
+            cgroup.join(container.cgroup)
         syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC)
         _enter_root(container)
         socket.sethostname(container.hostname)
@@ -326,6 +350,7 @@ def spawn(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
             # The container's IPC namespace (or the pod's network one): checked by hyperd, named by dots.
             with open("/proc/sys/" + key.replace(".", "/"), "w") as setting:
                 setting.write(value)
+        _confine(container)
         main = os.fork()
         if main == 0:
             _take_stdio(stdio, tty)
@@ -364,6 +389,8 @@ def enter(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
         return pid
     try:
         signal.set_wakeup_fd(-1)
+        if container.cgroup:
+            cgroup.join(container.cgroup)
         for fd, flag in namespaces[1:]:
             syscalls.setns(fd, flag)  # the mount namespace's root is the container's: we are inside it
         os.chdir("/")
@@ -374,6 +401,45 @@ def enter(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
     except BaseException as err:
         _report(errors, 125, f"exec setup failed: {err}")
     os._exit(255)
+
+
+def _confine(container: Container) -> None:
+    """Inside the container's root: docker's masked and read-only paths (unless privileged), its
+    tmpfs mounts, and a read-only root filesystem if asked."""
+    if not container.privileged:
+        for path in MASKED:
+            if os.path.isdir(path):
+                syscalls.mount("tmpfs", path, "tmpfs", syscalls.MS_RDONLY, "size=0")
+            elif os.path.exists(path):
+                syscalls.mount("/dev/null", path, None, syscalls.MS_BIND)
+        for path in READ_ONLY:
+            if os.path.exists(path):
+                syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REC)
+                syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
+    for path, options in container.tmpfs.items():
+        flags, data = _tmpfs_options(options)
+        os.makedirs(path, exist_ok=True)
+        syscalls.mount("tmpfs", path, "tmpfs", flags, data)
+    if container.read_only:
+        syscalls.mount("", "/", None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
+
+
+def _tmpfs_options(options: str) -> tuple[int, str]:
+    """docker's ``--tmpfs`` options: mount flags (ro, noexec, nosuid, nodev...) and tmpfs data (size=...)."""
+    setting = {"ro": syscalls.MS_RDONLY, "nosuid": syscalls.MS_NOSUID, "nodev": syscalls.MS_NODEV,
+               "noexec": syscalls.MS_NOEXEC}
+    clearing = {"rw": syscalls.MS_RDONLY, "suid": syscalls.MS_NOSUID, "dev": syscalls.MS_NODEV,
+                "exec": syscalls.MS_NOEXEC}
+    flags = syscalls.MS_NOSUID | syscalls.MS_NODEV  # docker's defaults for a --tmpfs
+    data = []
+    for option in filter(None, options.split(",")):
+        if option in setting:
+            flags |= setting[option]
+        elif option in clearing:
+            flags &= ~clearing[option]
+        else:
+            data.append(option)
+    return flags, ",".join(data)
 
 
 def _take_stdio(stdio: list[int], tty: bool) -> None:

@@ -79,6 +79,10 @@ def move_mount(fd: int, target: str) -> None:
            f"move_mount on {target}")
 
 
+def prctl(option: int, arg: int) -> None:
+    _check(_libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl {option}")
+
+
 def setrlimit(resource: int, soft: int, hard: int) -> None:
     """setrlimit(2) without the resource module (not in the guest's trimmed standard library)."""
     limits = (ctypes.c_uint64 * 2)(soft, hard)

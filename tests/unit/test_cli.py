@@ -220,6 +220,18 @@ def test_run_detached_prints_the_id(hyperd: FakeHyperd) -> None:
         "Init": False,
         "Ulimits": [],
         "Sysctls": {},
+        "Memory": 0,
+        "MemorySwap": 0,
+        "NanoCpus": 0,
+        "CpuShares": 0,
+        "CpusetCpus": "",
+        "PidsLimit": 0,
+        "CapAdd": [],
+        "CapDrop": [],
+        "Privileged": False,
+        "SecurityOpt": [],
+        "ReadonlyRootfs": False,
+        "Tmpfs": {},
     }
     assert len(hyperd.seen("POST", f"/containers/{CID}/start")) == 1
 

@@ -1,0 +1,95 @@
+"""Confinement inside the VM: each limit bites, each privilege flag changes what the kernel says."""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.conftest import Hyper
+
+DOCKER_DEFAULT_CAPS = "00000000a80425fb"
+"""docker's 14 default capabilities as /proc/self/status prints them."""
+EVERY_CAP = "000001ffffffffff"
+"""Capabilities 0-40, all of the guest kernel's."""
+
+
+def status_field(hyper: Hyper, name: str, *flags: str) -> str:
+    got = hyper("run", "--rm", *flags, "busybox", "grep", f"^{name}:", "/proc/self/status")
+    assert got.returncode == 0, got.stderr
+    return got.stdout.split()[1]
+
+
+def test_memory_limit_kills_a_hog_and_says_so(hyper: Hyper) -> None:
+    got = hyper("run", "--name", "hog", "-m", "24m", "busybox", "sh", "-c",
+                "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived")
+    assert got.returncode == 137 and "survived" not in got.stdout, (got.returncode, got.stdout, got.stderr)
+    details = json.loads(hyper("inspect", "hog").stdout)[0]
+    assert details["State"]["OOMKilled"] is True and details["State"]["ExitCode"] == 137
+    assert details["HostConfig"]["Memory"] == 24 << 20
+    # Without a limit the same work fits in the VM.
+    fits = hyper("run", "--rm", "busybox", "sh", "-c", "x=$(head -c 20000000 /dev/zero | tr '\\0' a); echo fits")
+    assert fits.stdout == "fits\n", fits.stderr
+
+
+def test_pids_limit_stops_a_fork_bomb(hyper: Hyper) -> None:
+    # The forking in a subshell (a shell whose fork fails gives up); counted with the shell's own
+    # glob, as at the limit not even a `ls` can be forked.
+    bomb = "(i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done) 2>/dev/null; set -- /proc/[0-9]*; echo $#"
+    got = hyper("run", "--rm", "--pids-limit", "12", "busybox", "sh", "-c", bomb)
+    assert int(got.stdout.split()[-1]) <= 12, got.stdout  # the limit counts every process of the container
+    free = hyper("run", "--rm", "busybox", "sh", "-c", bomb)
+    assert int(free.stdout.split()[-1]) > 40, free.stdout
+
+
+def test_cpus_cap_a_busy_loop(hyper: Hyper) -> None:
+    """CPU time of a busy loop over 4 s of the guest's clock: near half a CPU with --cpus 0.5."""
+    loop = ("while true; do :; done & p=$!; sleep 4; set -- $(cut -d' ' -f14,15 /proc/$p/stat); kill $p; "
+            "echo $(( $1 + $2 ))")
+    limited = int(hyper("run", "--rm", "--cpus", "0.5", "busybox", "sh", "-c", loop).stdout.split()[-1])
+    free = int(hyper("run", "--rm", "busybox", "sh", "-c", loop).stdout.split()[-1])
+    # Ticks are 1/100 s: 4 s is 400 ticks of one CPU.
+    assert limited < 0.75 * 400 and free > limited + 60, (limited, free)
+
+
+def test_capabilities(hyper: Hyper) -> None:
+    assert status_field(hyper, "CapBnd") == DOCKER_DEFAULT_CAPS
+    assert status_field(hyper, "CapEff") == DOCKER_DEFAULT_CAPS
+    assert status_field(hyper, "CapEff", "--cap-drop", "NET_RAW") == f"{int(DOCKER_DEFAULT_CAPS, 16) & ~(1 << 13):016x}"
+    assert status_field(hyper, "CapEff", "--cap-add", "CAP_SYS_ADMIN") == \
+        f"{int(DOCKER_DEFAULT_CAPS, 16) | (1 << 21):016x}"
+    assert status_field(hyper, "CapEff", "--cap-drop", "ALL") == "0000000000000000"
+    assert status_field(hyper, "CapEff", "--privileged") == EVERY_CAP
+    assert status_field(hyper, "CapEff", "-u", "nobody") == "0000000000000000"
+    assert status_field(hyper, "NoNewPrivs") == "0"
+    assert status_field(hyper, "NoNewPrivs", "--security-opt", "no-new-privileges") == "1"
+    bad = hyper("run", "--rm", "--cap-add", "FLY", "busybox", "true")
+    assert bad.returncode == 125 and "unknown capability: 'FLY'" in bad.stderr
+
+
+def test_privileged_operations_need_their_capability(hyper: Hyper) -> None:
+    mount = "mkdir -p /m && mount -t tmpfs none /m && echo mounted"
+    denied = hyper("run", "--rm", "busybox", "sh", "-c", mount)
+    assert denied.returncode != 0 and "mounted" not in denied.stdout
+    assert hyper("run", "--rm", "--cap-add", "SYS_ADMIN", "busybox", "sh", "-c", mount).stdout == "mounted\n"
+
+
+def test_masked_and_read_only_paths(hyper: Hyper) -> None:
+    # Of docker's masked paths, this guest kernel has /proc/timer_list and /sys/firmware.
+    probe = ("wc -c < /proc/timer_list; ls -A /sys/firmware | wc -l; "
+             "echo 1 > /proc/sys/vm/drop_caches && echo wrote || echo refused")
+    got = hyper("run", "--rm", "busybox", "sh", "-c", probe)
+    assert got.stdout.split() == ["0", "0", "refused"], got.stdout
+    privileged = hyper("run", "--rm", "--privileged", "busybox", "sh", "-c", probe)
+    shown = privileged.stdout.split()
+    assert int(shown[0]) > 0 and shown[2] == "wrote", privileged.stdout
+
+
+def test_read_only_root_with_tmpfs(hyper: Hyper) -> None:
+    got = hyper("run", "--rm", "--read-only", "--tmpfs", "/scratch:size=1m", "busybox", "sh", "-c",
+                "touch /root-file 2>&1; echo x > /scratch/f && cat /scratch/f; echo nameserver 1.2.3.4 >> "
+                "/etc/resolv.conf && echo hosts-writable; df -k /scratch | tail -1")
+    lines = got.stdout.splitlines()
+    assert "Read-only file system" in lines[0], got.stdout
+    assert lines[1:3] == ["x", "hosts-writable"], got.stdout
+    assert lines[3].split()[1] == "1024", got.stdout  # the tmpfs's size in KiB
+    bad = hyper("run", "--rm", "--tmpfs", "relative", "busybox", "true")
+    assert bad.returncode == 125 and "invalid --tmpfs path" in bad.stderr
