@@ -15,7 +15,7 @@ import contextlib
 import http.client
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any, Self
 from urllib.parse import quote, urlencode
 
@@ -165,10 +165,12 @@ def _api_error(status: int, reason: str, body: bytes) -> APIError:
     return APIError(status, message or f"hyperd answered {status} {reason}", exit_code)
 
 
-def _answer(conn: http.client.HTTPConnection, ok: tuple[int, ...] = ()) -> http.client.HTTPResponse:
-    """The response to the request sent on ``conn`` if it is a success (or in ``ok``), else its APIError."""
+def _answer(conn: http.client.HTTPConnection, ok: tuple[int, ...] = (),
+            begin: Callable[[], http.client.HTTPResponse] | None = None) -> http.client.HTTPResponse:
+    """The response to the request sent on ``conn`` (read by ``begin``, by default ``getresponse``)
+    if it is a success (or in ``ok``), else its APIError."""
     try:
-        response = conn.getresponse()
+        response = begin() if begin is not None else conn.getresponse()
         if 200 <= response.status < 300 or response.status in ok:
             return response
         error = _api_error(response.status, response.reason, response.read())
@@ -193,6 +195,10 @@ def _json_answer(conn: http.client.HTTPConnection, response: http.client.HTTPRes
         return json.loads(raw)
     except ValueError as err:
         raise HyperError(f"hyperd sent malformed JSON: {err}") from err
+
+
+def _url(path: str, query: Query | None) -> str:
+    return f"{path}?{urlencode(query)}" if query else path
 
 
 def _ident(name: str) -> str:
@@ -242,20 +248,23 @@ class Client:
         headers: dict[str, str] | None = None,
     ) -> http.client.HTTPConnection:
         """Connect and send one request, leaving its answer to :func:`_answer`."""
-        url = f"{path}?{urlencode(query)}" if query else path
-        conn = UnixHTTPConnection(self.path)
+        conn = self._connect()
         try:
-            conn.connect()
-        except OSError as err:
-            raise DaemonUnreachable(self.host, _reason(err)) from err
-        try:
-            conn.request(method, url, body=body, headers=headers or {})
+            conn.request(method, _url(path, query), body=body, headers=headers or {})
         except (BrokenPipeError, ConnectionResetError):
             # hyperd may refuse an upload before reading all of it; its answer says why.
             pass
         except (http.client.HTTPException, OSError) as err:
             conn.close()
             raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
+        return conn
+
+    def _connect(self) -> UnixHTTPConnection:
+        conn = UnixHTTPConnection(self.path)
+        try:
+            conn.connect()
+        except OSError as err:
+            raise DaemonUnreachable(self.host, _reason(err)) from err
         return conn
 
     def _send(
@@ -290,29 +299,24 @@ class Client:
 
     def duplex(self, method: str, path: str, query: Query | None = None) -> Duplex:
         """A request whose body is sent as it comes (``Duplex.send``) while its answer streams back."""
-        url = f"{path}?{urlencode(query)}" if query else path
-        conn = UnixHTTPConnection(self.path)
+        conn = self._connect()
         try:
-            conn.connect()
-        except OSError as err:
-            raise DaemonUnreachable(self.host, _reason(err)) from err
-        try:
-            conn.putrequest(method, url)
+            conn.putrequest(method, _url(path, query))
             conn.putheader("Transfer-Encoding", "chunked")
             conn.putheader("Content-Type", "application/octet-stream")
             conn.endheaders()
-            assert conn.sock is not None
-            # Not conn.getresponse(): that waits for the whole request to have been sent.
-            response = http.client.HTTPResponse(conn.sock, method=method)
-            response.begin()
-            if 200 <= response.status < 300:
-                return Duplex(conn, response)
-            error = _api_error(response.status, response.reason, response.read())
         except (http.client.HTTPException, OSError) as err:
             conn.close()
             raise HyperError(f"lost the connection to hyperd: {_reason(err)}") from err
-        conn.close()
-        raise error
+
+        def begin() -> http.client.HTTPResponse:
+            # Not conn.getresponse(): that waits for the whole request to have been sent.
+            assert conn.sock is not None
+            response = http.client.HTTPResponse(conn.sock, method=method)
+            response.begin()
+            return response
+
+        return Duplex(conn, _answer(conn, (), begin))
 
     # Containers
 

@@ -17,22 +17,22 @@ STATS_HEADER = ("CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "
                 "VM MEM (HOST)")
 
 
-def _binary(count: float) -> str:
-    """Memory as docker's stats shows it: 1.5MiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
+def _amount(count: float, binary: bool) -> str:
+    """As docker's stats shows them: memory in powers of 1024 (1.5MiB), transfers of 1000 (1.2MB)."""
+    step, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else (1000, ("B", "kB", "MB", "GB", "TB"))
+    for unit in units[:-1]:
+        if count < step:
             return f"{count:.4g}{unit}" if unit != "B" else f"{int(count)}B"
-        count /= 1024
-    raise AssertionError("unreachable")
+        count /= step
+    return f"{count:.4g}{units[-1]}"
+
+
+def _binary(count: float) -> str:
+    return _amount(count, binary=True)
 
 
 def _decimal(count: float) -> str:
-    """Transfers as docker's stats shows them: 1.2MB."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if count < 1000 or unit == "TB":
-            return f"{count:.4g}{unit}" if unit != "B" else f"{int(count)}B"
-        count /= 1000
-    raise AssertionError("unreachable")
+    return _amount(count, binary=False)
 
 
 def row(sample: dict[str, Any]) -> tuple[str, ...]:

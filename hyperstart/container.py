@@ -23,6 +23,11 @@ import struct
 from hyperstart import cgroup, syscalls
 from hyperstart.protocol import exit_status
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the guest pays for every import: typing only for the checker
+    from collections.abc import Callable
+    from typing import NoReturn
+
 RUN = "/run/hyper"
 TIOCSCTTY = 0x540E
 TIOCSPTLCK = 0x40045431
@@ -326,44 +331,62 @@ def spawn(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
     on which a failed start writes one JSON line.  Returns the reaper's pid (as seen by the
     agent).
     """
+    pid = _fork_into(lambda: syscalls.unshare(syscalls.CLONE_NEWPID))
+    if pid:
+        return pid
+    # The child: PID 1 of a new PID namespace.  Nothing here may return to the agent.
+    _child(container, errors, "container", lambda: _reaper(container, spec, stdio, tty, sysctls))
+
+
+def _reaper(container: Container, spec: ProcessSpec, stdio: list[int], tty: bool,
+            sysctls: dict[str, str] | None) -> None:
+    """The container's PID 1: its namespaces and root, its command forked, then reaping."""
+    syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC)
+    _enter_root(container)
+    socket.sethostname(container.hostname)
+    for key, value in (sysctls or {}).items():
+        # The container's IPC namespace (or the pod's network one): checked by hyperd, named by dots.
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as setting:
+            setting.write(value)
+    _confine(container)
+    main = os.fork()
+    if main == 0:
+        _take_stdio(stdio, tty)
+        _exec(spec)
+    null = os.open("/dev/null", os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(null, target)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    _reap(main)
+
+
+def _fork_into(enter_namespace: Callable[[], None]) -> int:
+    """Fork a child into the PID namespace ``enter_namespace`` switches to (a PID namespace
+    change applies to the next child only); the agent itself stays in its own."""
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     pid = -1
     try:
-        # The next child is created in the new namespace; the agent itself stays where it was.
-        syscalls.unshare(syscalls.CLONE_NEWPID)
+        enter_namespace()
         pid = os.fork()
     finally:
         if pid != 0:
             syscalls.setns(own, syscalls.CLONE_NEWPID)
         os.close(own)
-    if pid:
-        return pid
-    # The child: PID 1 of a new PID namespace.  Nothing here may return to the agent.
+    return pid
+
+
+def _child(container: Container, errors: int, what: str, body: Callable[[], None]) -> NoReturn:
+    """A forked process of the container: out of the agent's signal plumbing, into the container's
+    cgroup, then ``body``, which never returns; a failure is reported on ``errors`` as its exit."""
     try:
         signal.set_wakeup_fd(-1)
         if container.cgroup:
             cgroup.join(container.cgroup)
-        syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC)
-        _enter_root(container)
-        socket.sethostname(container.hostname)
-        for key, value in (sysctls or {}).items():
-            # The container's IPC namespace (or the pod's network one): checked by hyperd, named by dots.
-            with open("/proc/sys/" + key.replace(".", "/"), "w") as setting:
-                setting.write(value)
-        _confine(container)
-        main = os.fork()
-        if main == 0:
-            _take_stdio(stdio, tty)
-            _exec(spec)
-        null = os.open("/dev/null", os.O_RDWR)
-        for target in (0, 1, 2):
-            os.dup2(null, target)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-        _reap(main)
+        body()
     except StartError as err:
         _report(errors, err.code, str(err))
     except BaseException as err:
-        _report(errors, 125, f"container setup failed: {err}")
+        _report(errors, 125, f"{what} setup failed: {err}")
     os._exit(255)
 
 
@@ -374,33 +397,24 @@ def enter(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
              ("ipc", syscalls.CLONE_NEWIPC))
     namespaces = [(os.open(f"/proc/{container.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), flag)
                   for name, flag in names]
-    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     pid = -1
     try:
-        syscalls.setns(namespaces[0][0], syscalls.CLONE_NEWPID)
-        pid = os.fork()
+        pid = _fork_into(lambda: syscalls.setns(namespaces[0][0], syscalls.CLONE_NEWPID))
     finally:
-        if pid != 0:
-            syscalls.setns(own, syscalls.CLONE_NEWPID)
-            os.close(own)
+        if pid != 0:  # the agent's side (the child needs them for its setns)
             for fd, _ in namespaces:
                 os.close(fd)
     if pid:
         return pid
-    try:
-        signal.set_wakeup_fd(-1)
-        if container.cgroup:
-            cgroup.join(container.cgroup)
+
+    def join_and_exec() -> None:
         for fd, flag in namespaces[1:]:
             syscalls.setns(fd, flag)  # the mount namespace's root is the container's: we are inside it
         os.chdir("/")
         _take_stdio(stdio, tty)
         _exec(spec)
-    except StartError as err:
-        _report(errors, err.code, str(err))
-    except BaseException as err:
-        _report(errors, 125, f"exec setup failed: {err}")
-    os._exit(255)
+
+    _child(container, errors, "exec", join_and_exec)
 
 
 def _confine(container: Container) -> None:
