@@ -377,6 +377,9 @@ class Client:
     def stats(self, container: str, stream: bool) -> Stream:
         return self.stream("GET", f"/containers/{_ident(container)}/stats", {"stream": _flag(stream)})
 
+    def update(self, container: str, changes: dict[str, Any]) -> None:
+        self.call("POST", f"/containers/{_ident(container)}/update", body=changes)
+
     def pause(self, container: str) -> None:
         self.call("POST", f"/containers/{_ident(container)}/pause")
 

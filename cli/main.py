@@ -538,6 +538,33 @@ def unpause(host: str, containers: tuple[str, ...]) -> None:
     each(containers, then_echo(connect(host).unpause))
 
 
+@cli.command()
+@click.option("-m", "--memory", default="", metavar="BYTES", help="Memory limit (512m, 1g).")
+@click.option("--memory-swap", default="", metavar="BYTES", help="Memory plus swap limit; -1 unlimited.")
+@click.option("--cpus", type=float, metavar="N", help="CPUs the container may use.")
+@click.option("-c", "--cpu-shares", type=int, metavar="N", help="Relative CPU weight.")
+@click.option("--cpuset-cpus", metavar="LIST", help="CPUs the container may run on.")
+@click.option("--pids-limit", type=int, metavar="N", help="Most processes.")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_obj
+def update(host: str, memory: str, memory_swap: str, cpus: float | None, cpu_shares: int | None,
+           cpuset_cpus: str | None, pids_limit: int | None, containers: tuple[str, ...]) -> None:
+    """Change the resource limits of containers (a running one's at once, in its VM)."""
+    changes: dict[str, Any] = {}
+    if memory:
+        changes["Memory"] = _bytes(memory, "--memory")
+    if memory_swap:
+        changes["MemorySwap"] = -1 if memory_swap == "-1" else _bytes(memory_swap, "--memory-swap")
+    for key, value in (("NanoCpus", None if cpus is None else round(cpus * 1e9)), ("CpuShares", cpu_shares),
+                       ("CpusetCpus", cpuset_cpus), ("PidsLimit", pids_limit)):
+        if value is not None:
+            changes[key] = value
+    if not changes:
+        raise HyperError("you must provide one or more flags when using this command")
+    client = connect(host)
+    each(containers, then_echo(lambda name: client.update(name, changes)))
+
+
 @cli.command("attach")
 @click.option("--no-stdin", is_flag=True, help="Do not attach stdin.")
 @click.option("--detach-keys", default="ctrl-p,ctrl-q", show_default=True, metavar="KEYS",
@@ -765,7 +792,7 @@ def container_group() -> None:
 for _name, _command in {"ls": ps, "ps": ps, "create": create, "run": run, "start": start, "stop": stop,
                         "restart": restart, "kill": kill, "rm": rm, "wait": wait, "logs": logs, "rename": rename,
                         "export": export, "prune": prune, "port": network.port, "attach": attach_command,
-                        "exec": exec_command, "pause": pause, "unpause": unpause, "top": stats.top,
+                        "exec": exec_command, "pause": pause, "unpause": unpause, "top": stats.top, "update": update,
                         "stats": stats.stats}.items():
     container_group.add_command(_command, _name)
 container_group.add_command(inspect, "inspect")

@@ -375,6 +375,18 @@ def _number(body: dict[str, Any], key: str) -> int:
     return value
 
 
+async def update_container(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    fields = {"Memory": "memory", "MemorySwap": "memory_swap", "CpuShares": "cpu_shares", "PidsLimit": "pids_limit"}
+    changes: dict[str, Any] = {name: _number(body, key) for key, name in fields.items() if key in body}
+    if "NanoCpus" in body:
+        changes["cpus"] = _number(body, "NanoCpus") / 1e9
+    if "CpusetCpus" in body:
+        changes["cpuset_cpus"] = str(body.get("CpusetCpus") or "")
+    await _daemon(request).update(request.match_info["id"], changes)
+    return web.json_response({"Warnings": []})
+
+
 def _resources(body: dict[str, Any]) -> Resources:
     return Resources.parse(memory=_number(body, "Memory"), memory_swap=_number(body, "MemorySwap"),
                            cpus=_number(body, "NanoCpus") / 1e9, cpu_shares=_number(body, "CpuShares"),
@@ -1014,6 +1026,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/containers/{id}/stop", stop_container),
         web.post("/containers/{id}/kill", kill_container),
         web.post("/containers/{id}/pause", pause_container),
+        web.post("/containers/{id}/update", update_container),
         web.post("/containers/{id}/unpause", unpause_container),
         web.get("/containers/{id}/logs", container_logs),
         web.get("/containers/{id}/export", export_container),

@@ -20,7 +20,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -855,6 +855,30 @@ class Daemon:
         for exec_id in [e.id for e in self.execs.values() if e.container is container]:
             del self.execs[exec_id]
         self.removed[container.id].set()
+
+    # -- update ---------------------------------------------------------------------------
+
+    async def update(self, ref: str, changes: dict[str, Any]) -> None:
+        """``docker update``: new resource limits (keys of ``Resources.parse``), kept for the
+        next runs and, for a running container, written to its cgroup in the guest now."""
+        container = self.get(ref)
+        old = container.spec.resources
+        new = Resources.parse(**{**asdict(old), **changes})
+        pod = self.pods.get(container.id)
+        if pod is not None:
+            memory, vcpus = old.vm_memory_mib(self.config.memory_mib), old.vm_vcpus()
+            if new.vm_memory_mib(self.config.memory_mib) > memory or new.vm_vcpus() > vcpus:
+                raise errors.StateError(
+                    f"cannot raise the limits of running container {container.name} beyond its VM ({memory} MiB, "
+                    f"{vcpus} vCPU{'s' if vcpus > 1 else ''}): no memory or CPU hotplug here; stop it, update "
+                    "it and start it again")
+            if pod.client.info is None or "limits" not in pod.client.info.capabilities:
+                raise errors.StateError("the guest agent cannot change limits (a guest disk older than this hyperd)")
+            await self._running(container, "update").client.request(
+                "container.update", {"id": container.id, "limits": new.agent_limits()})
+        container.spec = replace(container.spec, resources=new)
+        self.db.save(container)
+        self._emit(container, "update")
 
     # -- top and stats ------------------------------------------------------------------
 

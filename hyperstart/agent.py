@@ -252,6 +252,7 @@ class Agent:
             "resize": self.resize,
             "container.top": self.top,
             "container.stats": self.stats,
+            "container.update": self.update,
             "network.configure": self.configure_network,
             "signal": self.signal,
             "shutdown": self.shutdown,
@@ -585,6 +586,10 @@ class Agent:
 
     def top(self, args: dict[str, Any], reply: Reply) -> None:
         reply.ok({"processes": proc.processes(self._box(args).pid), "uptime": uptime()})
+
+    def update(self, args: dict[str, Any], reply: Reply) -> None:
+        cgroup.write_limits(self._box(args).cgroup, args.get("limits") or {})
+        reply.ok({})
 
     def stats(self, args: dict[str, Any], reply: Reply) -> None:
         reply.ok(proc.stats(self._box(args).pid))

@@ -35,6 +35,12 @@ def create(container_id: str, limits: dict[str, Any]) -> str:
     """The container's cgroup with its limits written; its path."""
     path = f"{ROOT}/{container_id[:64]}"
     os.makedirs(path, exist_ok=True)
+    write_limits(path, limits)
+    return path
+
+
+def write_limits(path: str, limits: dict[str, Any]) -> None:
+    """Set the limits named in ``limits`` (at creation, or a running container's ``update``)."""
     if limits.get("memory"):
         _write(f"{path}/memory.max", str(int(limits["memory"])))
         if os.path.exists(f"{path}/memory.swap.max"):
@@ -48,7 +54,6 @@ def create(container_id: str, limits: dict[str, Any]) -> str:
         _write(f"{path}/cpu.weight", str(int(limits["cpu_weight"])))
     if limits.get("cpuset"):
         _write(f"{path}/cpuset.cpus", str(limits["cpuset"]))
-    return path
 
 
 def join(path: str) -> None:

@@ -93,3 +93,18 @@ def test_read_only_root_with_tmpfs(hyper: Hyper) -> None:
     assert lines[3].split()[1] == "1024", got.stdout  # the tmpfs's size in KiB
     bad = hyper("run", "--rm", "--tmpfs", "relative", "busybox", "true")
     assert bad.returncode == 125 and "invalid --tmpfs path" in bad.stderr
+
+
+def test_update_changes_a_running_containers_limits(hyper: Hyper) -> None:
+    assert hyper("run", "-d", "--name", "resized", "-m", "256m", "busybox", "sleep", "600").returncode == 0
+    hog = "x=$(head -c 60000000 /dev/zero | tr '\\0' a); echo survived"
+    assert hyper("exec", "resized", "sh", "-c", hog).stdout == "survived\n"
+    assert hyper("update", "-m", "24m", "resized").stdout == "resized\n"
+    assert json.loads(hyper("inspect", "resized").stdout)[0]["HostConfig"]["Memory"] == 24 << 20
+    killed = hyper("exec", "resized", "sh", "-c", hog)  # an exec'd process is in the container's cgroup too
+    assert killed.returncode == 137 and "survived" not in killed.stdout
+    beyond = hyper("update", "-m", "2g", "resized")
+    assert beyond.returncode == 125 and "beyond its VM" in beyond.stderr
+    assert hyper("stop", "-t", "0", "resized").returncode == 0
+    assert hyper("update", "--cpus", "1", "resized").returncode == 0  # stopped: kept for the next run
+    assert json.loads(hyper("inspect", "resized").stdout)[0]["HostConfig"]["NanoCpus"] == 10**9
