@@ -404,13 +404,15 @@ class Client:
     def inspect(self, container: str) -> Any:
         return self.call("GET", f"/containers/{_ident(container)}/json")
 
-    def logs(self, container: str, follow: bool = False, timestamps: bool = False, tail: str = "all") -> Stream:
+    def logs(self, container: str, follow: bool = False, timestamps: bool = False, tail: str = "all",
+             since: float | None = None, until: float | None = None) -> Stream:
         query = {
             "stdout": "1",
             "stderr": "1",
             "follow": _flag(follow),
             "timestamps": _flag(timestamps),
             "tail": tail,
+            **{key: str(value) for key, value in (("since", since), ("until", until)) if value is not None},
         }
         return self.stream("GET", f"/containers/{_ident(container)}/logs", query)
 

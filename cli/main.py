@@ -455,15 +455,19 @@ def _matches(container: dict[str, Any], wanted: dict[str, str]) -> bool:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
 @click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its timestamp.")
 @click.option("--tail", default="all", metavar="N", help="Only the last N lines.")
+@click.option("--since", metavar="TIME", help="Only lines since TIME (Unix seconds, 10m, RFC 3339).")
+@click.option("--until", metavar="TIME", help="Only lines before TIME.")
 @click.argument("container")
 @click.pass_obj
-def logs(host: str, follow: bool, timestamps: bool, tail: str, container: str) -> None:
+def logs(host: str, follow: bool, timestamps: bool, tail: str, since: str | None, until: str | None,
+         container: str) -> None:
     """Print a container's output."""
     if tail != "all" and not tail.isdigit():
         raise click.BadParameter(f"{tail!r} is not a number or 'all'", param_hint="'--tail'")
     from cli import stdcopy
 
-    with connect(host).logs(container, follow, timestamps, tail) as stream:
+    with connect(host).logs(container, follow, timestamps, tail, events.moment(since) if since else None,
+                            events.moment(until) if until else None) as stream:
         if stream.multiplexed:
             stdcopy.demux(stream, sys.stdout.buffer, sys.stderr.buffer)
         else:

@@ -674,18 +674,26 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
     tail = request.query.get("tail", "all")
     if tail != "all" and not tail.isdigit():
         raise errors.InvalidArgument(f"invalid tail {tail!r}: a number or 'all'")
+    since, until = _moment(request, "since"), _moment(request, "until")
     follow = _flag(request, "follow") and container.state == ContainerState.RUNNING
     queue, offset = daemon.subscribe(container) if follow else (None, None)
     response = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
     try:
         await response.prepare(request)
-        entries = [e for e in logs.read(daemon.log_path(container), offset) if e.stream in wanted]
+        entries = [e for e in logs.read(daemon.log_path(container), offset) if e.stream in wanted
+                   and (since is None or _seconds(e.time) >= since) and (until is None or _seconds(e.time) <= until)]
         if tail != "all":
             entries = entries[-int(tail):] if int(tail) > 0 else []
         for entry in entries:
             prefix = f"{entry.time} ".encode() if stamps else b""
             await response.write(_frame(entry.stream, prefix + entry.data))
-        while queue is not None and (item := await queue.get()) is not None:
+        while queue is not None and (until is None or time.time() < until):
+            try:
+                item = await asyncio.wait_for(queue.get(), None if until is None else until - time.time())
+            except TimeoutError:
+                break
+            if item is None:
+                break
             if item[0] in wanted:
                 prefix = f"{logs.timestamp()} ".encode() if stamps else b""
                 await response.write(_frame(item[0], prefix + item[1]))
@@ -932,6 +940,12 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         _daemon(request).events.unsubscribe(queue)
     await response.write_eof()
     return response
+
+
+def _seconds(stamp: str) -> float:
+    """A log entry's RFC 3339 time (nanoseconds, UTC) as Unix seconds."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp() + float(f"0.{fraction or '0'}")
 
 
 def _moment(request: web.Request, key: str) -> float | None:

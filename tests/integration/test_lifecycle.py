@@ -158,3 +158,16 @@ def test_start_attached(hyper: Hyper) -> None:
     piped = subprocess.run([hyper.daemon.cli, "start", "-a", "-i", "echoer"], input=b"hello\n", capture_output=True,
                            env=hyper.daemon.cli_env(), timeout=CLI_TIMEOUT, check=False)
     assert (piped.returncode, piped.stdout) == (0, b"hello\n"), piped.stderr
+
+
+def test_logs_since_and_until(hyper: Hyper) -> None:
+    result = hyper("run", "--name", "talker", "busybox", "sh", "-c", "echo early; sleep 3; echo late >&2")
+    assert result.returncode == 0, result.stderr
+    stamps = [line.split()[0] for line in hyper("logs", "-t", "talker").stderr.splitlines() +
+              hyper("logs", "-t", "talker").stdout.splitlines()]
+    assert len(stamps) == 2
+    late = hyper("logs", "-t", "talker").stderr.split()[0]
+    got = hyper("logs", "--since", late, "talker")
+    assert (got.stdout, got.stderr) == ("", "late\n")
+    got = hyper("logs", "--until", late.replace("Z", "").rsplit(".", 1)[0] + "Z", "talker")
+    assert (got.stdout, got.stderr) == ("early\n", "")
