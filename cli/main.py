@@ -130,6 +130,14 @@ def _bytes(text: str, flag: str) -> int:
         raise HyperError(str(err)) from None
 
 
+def _device(text: str) -> dict[str, str]:
+    """``--device HOST[:CONTAINER[:PERMS]]`` as docker's Devices entry (hyperd checks it)."""
+    from hyperd.isolation import split_device
+
+    host, target, permissions = split_device(text)
+    return {"PathOnHost": host, "PathInContainer": target, "CgroupPermissions": permissions}
+
+
 def _env_files(paths: Iterable[str]) -> list[str]:
     """``--env-file``: ``K=V`` per line (``#`` comments and blank lines skipped, a bare ``K`` copied
     from our environment), in the order given; ``-e`` comes after and wins."""
@@ -222,6 +230,8 @@ def _container_options(command: Callable[..., None]) -> Callable[..., None]:
                      help="no-new-privileges[:true|false], seccomp=unconfined (repeatable)."),
         click.option("--read-only", is_flag=True, help="Mount the container's root filesystem read-only."),
         click.option("--tmpfs", multiple=True, metavar="PATH[:OPTIONS]", help="Mount a tmpfs (repeatable)."),
+        click.option("--device", "devices", multiple=True, metavar="HOST[:CONTAINER[:PERMS]]",
+                     help="A host block device or image file as a device of the container (repeatable)."),
         click.option("--restart", default="no", metavar="POLICY",
                      help="no, on-failure[:N], always or unless-stopped: restart the container when it exits."),
         click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and attached."),
@@ -298,6 +308,7 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
         "SecurityOpt": list(settings["security_opt"]),
         "ReadonlyRootfs": settings["read_only"],
         "Tmpfs": dict(item.partition(":")[::2] for item in settings["tmpfs"]),
+        "Devices": [_device(text) for text in settings["devices"]],
     }
     endpoint = network.endpoint_config(settings["aliases"], settings["ip"], settings["mac"])
     if endpoint:

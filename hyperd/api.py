@@ -40,7 +40,7 @@ from hyperd.image import (
     registry,
 )
 from hyperd.image.store import Image
-from hyperd.isolation import Resources, Security
+from hyperd.isolation import Device, Resources, Security
 from hyperd.network import Network, NetworkRequest, ports
 from hyperd.network.manager import Member
 from hyperd.state import Container, ContainerState, parse_signal, signal_name
@@ -195,6 +195,8 @@ def _inspect(container: Container) -> dict[str, Any]:
                        "Privileged": spec.security.privileged, "ReadonlyRootfs": spec.security.read_only,
                        "SecurityOpt": ["no-new-privileges"] if spec.security.no_new_privileges else [],
                        "Tmpfs": dict(spec.security.tmpfs),
+                       "Devices": [{"PathOnHost": d.host, "PathInContainer": d.container,
+                                    "CgroupPermissions": d.permissions} for d in spec.devices],
                        "Ulimits": [{"Name": n, "Soft": _limit(soft), "Hard": _limit(hard)}
                                    for n, soft, hard in spec.ulimits],
                        "Sysctls": dict(spec.sysctls),
@@ -364,6 +366,7 @@ async def create_container(request: web.Request) -> web.Response:
         labels=_string_map(body, "Labels"), stop_signal=str(body.get("StopSignal") or ""), stop_timeout=timeout,
         ulimits=tuple(f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}" for u in ulimits),
         sysctls=_string_map(body, "Sysctls"), resources=_resources(body), security=_security(body),
+        devices=_devices(body),
     ), request.query.get("name"))
     return web.json_response({"Id": container.id, "Warnings": []}, status=201)
 
@@ -391,6 +394,15 @@ def _resources(body: dict[str, Any]) -> Resources:
     return Resources.parse(memory=_number(body, "Memory"), memory_swap=_number(body, "MemorySwap"),
                            cpus=_number(body, "NanoCpus") / 1e9, cpu_shares=_number(body, "CpuShares"),
                            cpuset_cpus=str(body.get("CpusetCpus") or ""), pids_limit=_number(body, "PidsLimit"))
+
+
+def _devices(body: dict[str, Any]) -> tuple[Device, ...]:
+    """Docker's Devices: ``[{"PathOnHost", "PathInContainer", "CgroupPermissions"}]``."""
+    devices = body.get("Devices") or []
+    if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
+        raise errors.InvalidArgument("Devices must be a list of objects")
+    return tuple(Device.parse(f"{d.get('PathOnHost') or ''}:{d.get('PathInContainer') or ''}:"
+                              f"{d.get('CgroupPermissions') or 'rwm'}") for d in devices)
 
 
 def _security(body: dict[str, Any]) -> Security:

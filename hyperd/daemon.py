@@ -31,7 +31,7 @@ from hyperd.guest import AgentClient, ExitEvent, Input, ProcessInfo, Stream
 from hyperd.image import registry
 from hyperd.image.reference import server_host
 from hyperd.image.store import Image, ImageStore
-from hyperd.isolation import Resources, Security
+from hyperd.isolation import Device, Resources, Security
 from hyperd.network import Endpoint, Network, NetworkRequest, ports
 from hyperd.network.manager import Attachment, Networks, Wiring
 from hyperd.restart import RestartPolicy, next_delay
@@ -81,6 +81,7 @@ class CreateRequest:
     sysctls: dict[str, str] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     security: Security = field(default_factory=Security)
+    devices: tuple[Device, ...] = ()
 
 
 @dataclass
@@ -231,7 +232,7 @@ class Daemon:
                        labels={**base.labels, **request.labels},
                        stop_signal=parse_signal(request.stop_signal) if request.stop_signal else base.stop_signal,
                        stop_timeout=request.stop_timeout, ulimits=ulimits, sysctls=dict(request.sysctls),
-                       resources=request.resources, security=request.security, **wiring)
+                       resources=request.resources, security=request.security, devices=request.devices, **wiring)
         if not spec.args:
             raise errors.InvalidArgument("no command specified")
         if len(json.dumps([spec.args, spec.env, spec.workdir, spec.user])) > MAX_PROCESS_SPEC:
@@ -430,6 +431,9 @@ class Daemon:
                 await storage.create(upper, container.spec.storage_size)
             disks.append(Disk(upper, f"upper{container.id[:12]}", readonly=False))
             rootfs["upper"] = {"disk": disks[-1].serial, "fstype": "ext4"}
+        for index, device in enumerate(container.spec.devices):
+            disks.append(Disk(Path(device.host), f"dev{index}{container.id[:12]}", readonly=not device.writable))
+            rootfs.setdefault("devices", []).append({"disk": disks[-1].serial, "path": device.container})
         attachment = await self.networks.attach(self._wiring(container))
         try:
             pod = await self._launch(container, attachment, disks, rootfs, mark)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,3 +179,46 @@ class Security:
 
     def agent_security(self) -> dict[str, Any]:
         return {"privileged": self.privileged, "read_only": self.read_only}
+
+
+def split_device(text: str) -> tuple[str, str, str]:
+    """``HOST[:CONTAINER[:PERMS]]`` (or ``HOST:PERMS``) as its three parts, with docker's defaults."""
+    host, _, rest = text.partition(":")
+    target, _, permissions = rest.partition(":")
+    if not permissions and target and set(target) <= set("rwm"):
+        target, permissions = "", target
+    return host, target or host, permissions or "rwm"
+
+
+@dataclass(frozen=True)
+class Device:
+    """``--device HOST[:CONTAINER[:PERMS]]``: a host block device or image file, attached to the VM as
+    a disk of its own and made a node in the container."""
+
+    host: str
+    container: str
+    permissions: str = "rwm"
+
+    @property
+    def writable(self) -> bool:
+        return "w" in self.permissions
+
+    @classmethod
+    def parse(cls, text: str) -> Device:
+        host, target, permissions = split_device(text)
+        if not host.startswith("/") or not target.startswith("/dev/") or ".." in target.split("/"):
+            raise InvalidArgument(f"invalid --device {text!r}: HOST[:CONTAINER[:PERMS]] with absolute paths, "
+                                  "the container's under /dev")
+        if not permissions or not set(permissions) <= set("rwm"):
+            raise InvalidArgument(f"invalid --device permissions {permissions!r}: letters of rwm")
+        try:
+            mode = os.stat(host).st_mode
+        except OSError as err:
+            raise InvalidArgument(f"error gathering device information while adding device {host!r}: "
+                                  f"{(err.strerror or str(err)).lower()}") from None
+        if stat.S_ISCHR(mode):
+            raise InvalidArgument(f"{host} is a character device: a VM cannot be given a host character device "
+                                  "(only block devices and image files, which become disks of the VM)")
+        if not (stat.S_ISBLK(mode) or stat.S_ISREG(mode)):
+            raise InvalidArgument(f"{host} is not a block device or an image file")
+        return cls(host, target, permissions)

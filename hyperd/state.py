@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperd.errors import InvalidArgument, StateError, StorageError
-from hyperd.isolation import Resources, Security
+from hyperd.isolation import Device, Resources, Security
 from hyperd.network import Endpoint
 from hyperd.network.ports import PortBinding
 from hyperd.restart import Policy, RestartPolicy
@@ -81,6 +81,7 @@ class ContainerSpec:
     sysctls: dict[str, str] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     security: Security = field(default_factory=Security)
+    devices: tuple[Device, ...] = ()
 
 
 def parse_signal(name: str) -> int:
@@ -199,6 +200,7 @@ def _from_record(record: dict[str, Any]) -> Container:
     spec["ports"] = tuple(PortBinding(**p) for p in spec.get("ports", ()))
     spec["ulimits"] = tuple(tuple(u) for u in spec.get("ulimits", ()))
     spec["resources"] = Resources(**spec.get("resources", {}))
+    spec["devices"] = tuple(Device(**d) for d in spec.get("devices", ()))
     security = spec.get("security", {})
     spec["security"] = Security(**{**security, "cap_add": tuple(security.get("cap_add", ())),
                                    "cap_drop": tuple(security.get("cap_drop", ()))})

@@ -487,6 +487,7 @@ class Agent:
         box.privileged = bool(security.get("privileged"))
         box.read_only = bool(security.get("read_only"))
         box.tmpfs = {str(k): str(v) for k, v in (args.get("tmpfs") or {}).items()}
+        box.devices = [(str(d["disk"]), str(d["path"])) for d in rootfs.get("devices", [])]
         self.containers[cid] = box
         try:
             box.cgroup = cgroup.create(cid, args.get("limits") or {})

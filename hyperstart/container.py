@@ -89,6 +89,8 @@ class Container:
         self.read_only = False
         self.tmpfs: dict[str, str] = {}
         """Path in the container -> tmpfs mount options."""
+        self.devices: list[tuple[str, str]] = []
+        """(disk serial, path in the container's /dev) of the host devices given with --device."""
         self.pid = 0
 
 
@@ -192,12 +194,19 @@ def release(container: Container) -> None:
             syscalls.umount(target, syscalls.MNT_DETACH)
 
 
-def _populate_dev(root: str, pts: str) -> None:
+def _populate_dev(root: str, pts: str, devices: list[tuple[str, str]]) -> None:
     dev = f"{root}/dev"
     syscalls.mount("tmpfs", dev, "tmpfs", syscalls.MS_NOSUID, "mode=755,size=65536k")
     for name, major, minor in DEVICES:
         os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         os.chmod(f"{dev}/{name}", 0o666)
+    for serial, path in devices:
+        # A --device: the disk the host attached for it, as a block node at the path asked for.
+        with open(f"/sys/block/{_disk_by_serial(serial).removeprefix('/dev/')}/dev") as f:
+            major, minor = (int(n) for n in f.read().split(":"))
+        node = f"{root}/{path.lstrip('/')}"
+        os.makedirs(os.path.dirname(node), exist_ok=True)
+        os.mknod(node, 0o660 | stat.S_IFBLK, os.makedev(major, minor))
     os.mkdir(f"{dev}/pts")
     syscalls.mount(pts, f"{dev}/pts", None, syscalls.MS_BIND)
     os.mkdir(f"{dev}/shm")
@@ -219,7 +228,7 @@ def _enter_root(container: Container) -> None:
     plain = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
     syscalls.mount("proc", f"{root}/proc", "proc", plain)
     syscalls.mount("sysfs", f"{root}/sys", "sysfs", plain | syscalls.MS_RDONLY)
-    _populate_dev(root, f"{RUN}/containers/{container.id}/pts")
+    _populate_dev(root, f"{RUN}/containers/{container.id}/pts", container.devices)
     os.chdir(root)
     syscalls.pivot_root(".", ".")
     syscalls.umount(".", syscalls.MNT_DETACH)

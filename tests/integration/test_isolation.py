@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.integration.conftest import Hyper
 
@@ -108,3 +109,20 @@ def test_update_changes_a_running_containers_limits(hyper: Hyper) -> None:
     assert hyper("stop", "-t", "0", "resized").returncode == 0
     assert hyper("update", "--cpus", "1", "resized").returncode == 0  # stopped: kept for the next run
     assert json.loads(hyper("inspect", "resized").stdout)[0]["HostConfig"]["NanoCpus"] == 10**9
+
+
+def test_devices(hyper: Hyper, tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"hello device" + bytes(1 << 20))
+    got = hyper("run", "--rm", "--device", f"{image}:/dev/xvdc", "busybox", "sh", "-c",
+                "ls -l /dev/xvdc | cut -c1; head -c 12 /dev/xvdc; echo; printf 'HELLO' | dd of=/dev/xvdc "
+                "conv=notrunc 2>/dev/null && echo written")
+    assert got.stdout == "b\nhello device\nwritten\n", got.stderr
+    assert image.read_bytes()[:12] == b"HELLO device"  # the guest wrote to the host's file
+    read_only = hyper("run", "--rm", "--device", f"{image}:/dev/xvdd:r", "busybox", "sh", "-c",
+                      "printf x | dd of=/dev/xvdd conv=notrunc 2>/dev/null && echo written || echo refused")
+    assert read_only.stdout == "refused\n"
+    refused = hyper("run", "--rm", "--device", "/dev/null:/dev/mynull", "busybox", "true")
+    assert refused.returncode == 125 and "is a character device" in refused.stderr
+    missing = hyper("run", "--rm", "--device", "/nonexistent.img:/dev/x", "busybox", "true")
+    assert missing.returncode == 125 and "no such file or directory" in missing.stderr

@@ -232,6 +232,7 @@ def test_run_detached_prints_the_id(hyperd: FakeHyperd) -> None:
         "SecurityOpt": [],
         "ReadonlyRootfs": False,
         "Tmpfs": {},
+        "Devices": [],
     }
     assert len(hyperd.seen("POST", f"/containers/{CID}/start")) == 1
 
