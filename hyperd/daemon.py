@@ -488,6 +488,7 @@ class Daemon:
                 await client.request("network.configure", {"interfaces": attachment.interfaces})
             wanted = {"stdin"} if container.spec.open_stdin else set()
             wanted |= {"tty"} if container.spec.tty else set()
+            wanted |= {"seccomp", "limits"}  # never run a container less confined than it asked
             if not wanted <= info.capabilities:
                 raise errors.GuestError(f"the guest agent cannot give a container {' or '.join(sorted(wanted))} "
                                         "(a guest disk older than this hyperd): update the guest disk")
@@ -1182,6 +1183,9 @@ def _process(spec: ContainerSpec, args: tuple[str, ...], env: tuple[str, ...], w
                                "no_new_privileges": spec.security.no_new_privileges}
     if spec.ulimits:
         process["rlimits"] = [[RLIMITS[name], soft, hard] for name, soft, hard in spec.ulimits]
+    denied = spec.security.denied_syscalls()
+    if denied is not None:
+        process["denied_syscalls"] = denied
     return process
 
 

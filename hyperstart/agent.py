@@ -47,7 +47,8 @@ if TYPE_CHECKING:  # the guest pays for every import: typing only for the checke
 AGENT_VERSION = "0.1.0"
 MAX_ERROR = 2048
 """Characters of an error message sent to the host (which refuses longer ones)."""
-CAPABILITIES = ("containers", "signals", "stdio", "export", "network", "stdin", "tty", "exec", "stats", "limits")
+CAPABILITIES = ("containers", "signals", "stdio", "export", "network", "stdin", "tty", "exec", "stats", "limits",
+                "seccomp")
 TAR = ("/bin/busybox", "tar")
 TIOCSWINSZ = 0x5414
 CREDIT_BATCH = 64 << 10
@@ -680,6 +681,7 @@ def process_spec(args: dict[str, Any]) -> container.ProcessSpec:
         rlimits=[(int(r), int(soft), int(hard)) for r, soft, hard in args.get("rlimits", [])],
         capabilities=[int(c) for c in args["capabilities"]] if "capabilities" in args else None,
         no_new_privileges=bool(args.get("no_new_privileges")),
+        denied_syscalls=[int(n) for n in args["denied_syscalls"]] if "denied_syscalls" in args else None,
     )
 
 

@@ -20,7 +20,7 @@ import socket
 import stat
 import struct
 
-from hyperstart import cgroup, syscalls
+from hyperstart import cgroup, seccomp, syscalls
 from hyperstart.protocol import exit_status
 
 TYPE_CHECKING = False
@@ -58,11 +58,11 @@ class StartError(Exception):
 class ProcessSpec:
     """What to run: argv, environment, working directory and ``user[:group]``."""
 
-    __slots__ = ("args", "capabilities", "cwd", "env", "no_new_privileges", "rlimits", "user")
+    __slots__ = ("args", "capabilities", "cwd", "denied_syscalls", "env", "no_new_privileges", "rlimits", "user")
 
     def __init__(self, args: list[str], env: list[str], cwd: str = "/", user: str = "",
                  rlimits: list[tuple[int, int, int]] | None = None, capabilities: list[int] | None = None,
-                 no_new_privileges: bool = False) -> None:
+                 no_new_privileges: bool = False, denied_syscalls: list[int] | None = None) -> None:
         self.args = args
         self.env = env
         self.cwd = cwd
@@ -72,6 +72,8 @@ class ProcessSpec:
         self.capabilities = capabilities
         """The capabilities kept in the bounding set (all others dropped); None keeps them all."""
         self.no_new_privileges = no_new_privileges
+        self.denied_syscalls = denied_syscalls
+        """System calls a seccomp filter makes fail; None for no filter."""
 
 
 class Container:
@@ -302,6 +304,8 @@ def _exec(spec: ProcessSpec) -> None:
             syscalls.prctl(PR_CAPBSET_DROP, capability)
     if spec.no_new_privileges:
         syscalls.prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if spec.denied_syscalls is not None:
+        seccomp.install(spec.denied_syscalls)  # while root still has CAP_SYS_ADMIN to install it
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)

@@ -83,6 +83,10 @@ def prctl(option: int, arg: int) -> None:
     _check(_libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl {option}")
 
 
+def prctl_pointer(option: int, arg: int, pointer: int) -> None:
+    _check(_libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_void_p(pointer), 0, 0), f"prctl {option}")
+
+
 def setrlimit(resource: int, soft: int, hard: int) -> None:
     """setrlimit(2) without the resource module (not in the guest's trimmed standard library)."""
     limits = (ctypes.c_uint64 * 2)(soft, hard)

@@ -126,3 +126,17 @@ def test_devices(hyper: Hyper, tmp_path: Path) -> None:
     assert refused.returncode == 125 and "is a character device" in refused.stderr
     missing = hyper("run", "--rm", "--device", "/nonexistent.img:/dev/x", "busybox", "true")
     assert missing.returncode == 125 and "no such file or directory" in missing.stderr
+
+
+def test_default_seccomp_profile(hyper: Hyper) -> None:
+    """syslog(2) needs no capability here (dmesg_restrict is 0), but docker's profile refuses it."""
+    refused = hyper("run", "--rm", "busybox", "sh", "-c", "dmesg >/dev/null && echo read || echo refused")
+    assert refused.stdout == "refused\n", refused.stderr
+    for flags in (["--security-opt", "seccomp=unconfined"], ["--cap-add", "SYSLOG"], ["--privileged"]):
+        allowed = hyper("run", "--rm", *flags, "busybox", "sh", "-c", "dmesg | head -1")
+        assert allowed.stdout.startswith("Linux version"), (flags, allowed.stdout, allowed.stderr)
+    # unshare is refused by the filter even where a capability would allow it, unless SYS_ADMIN.
+    assert hyper("run", "--rm", "--cap-add", "SYS_ADMIN", "busybox", "unshare", "-u", "true").returncode == 0
+    assert hyper("run", "--rm", "busybox", "unshare", "-u", "true").returncode != 0
+    bad = hyper("run", "--rm", "--security-opt", "seccomp=/some/profile.json", "busybox", "true")
+    assert bad.returncode == 125 and "custom seccomp profiles are not supported" in bad.stderr

@@ -1,0 +1,66 @@
+"""The confinement hyperd asks of the guest: limits, capabilities, the seccomp deny list and its BPF."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from hyperd.errors import InvalidArgument
+from hyperd.isolation import SECCOMP_DENIED, Device, Resources, Security, parse_size, split_device
+from hyperstart import seccomp
+
+
+def test_sizes_and_vm_sizing() -> None:
+    assert parse_size("512m", "memory") == 512 << 20 and parse_size("1g", "memory") == 1 << 30
+    limited = Resources.parse(memory=512 << 20, cpus=1.5)
+    assert limited.vm_memory_mib(256) == 512 + 96 and limited.vm_vcpus() == 2
+    assert Resources().vm_memory_mib(256) == 256 and Resources().vm_vcpus() == 1
+    assert limited.agent_limits() == {"memory": 512 << 20, "memory_swap": 0, "cpu_quota": 150000,
+                                      "cpu_period": 100000}
+    assert Resources.parse(cpu_shares=1024).agent_limits() == {"cpu_weight": 39}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"memory": 1 << 20}, "minimum memory"), ({"memory_swap": 1 << 30}, "always set the memory limit"),
+    ({"memory": 64 << 20, "memory_swap": 32 << 20}, "larger than the memory"), ({"cpus": 1000.0}, "range of CPUs"),
+    ({"cpu_shares": 1}, "cpu-shares"), ({"cpuset_cpus": "1-0"}, "upwards"), ({"pids_limit": -5}, "pids-limit"),
+])
+def test_resource_errors(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        Resources.parse(**kwargs)  # type: ignore[arg-type]
+
+
+def test_capabilities_and_the_seccomp_deny_list() -> None:
+    default = Security.parse()
+    syslog, mount = SECCOMP_DENIED["syslog"][0], SECCOMP_DENIED["mount"][0]
+    denied = default.denied_syscalls()
+    assert denied is not None and syslog in denied and mount in denied
+    with_admin = Security.parse(cap_add=("CAP_SYS_ADMIN",)).denied_syscalls()
+    assert with_admin is not None and mount not in with_admin and syslog in with_admin
+    assert Security.parse(privileged=True).denied_syscalls() is None
+    assert Security.parse(security_opt=("seccomp=unconfined",)).denied_syscalls() is None
+    assert Security.parse(security_opt=("no-new-privileges:true",)).no_new_privileges
+    assert len(Security.parse(cap_drop=("ALL",)).capabilities()) == 0
+    with pytest.raises(InvalidArgument, match="unknown capability"):
+        Security.parse(cap_add=("FLY",))
+
+
+def test_bpf_program_shape() -> None:
+    code = seccomp.program([103, 165, 165])
+    instructions = [struct.unpack("HBBI", code[i:i + 8]) for i in range(0, len(code), 8)]
+    assert len(instructions) == 9  # arch check (3), load nr, x32 check, 2 calls (one repeated), allow, deny
+    deny = len(instructions) - 1
+    assert instructions[deny] == (seccomp.RET, 0, 0, seccomp.RET_ERRNO | seccomp.EPERM)
+    assert instructions[deny - 1] == (seccomp.RET, 0, 0, seccomp.RET_ALLOW)
+    for index in (4, 5, 6):  # every comparison jumps to the deny instruction when it matches
+        _, jt, jf, _ = instructions[index]
+        assert index + 1 + jt == deny and jf == 0
+
+
+def test_devices() -> None:
+    assert split_device("/dev/sdb") == ("/dev/sdb", "/dev/sdb", "rwm")
+    assert split_device("/dev/sdb:r") == ("/dev/sdb", "/dev/sdb", "r")
+    assert split_device("/x.img:/dev/xvdc:rw") == ("/x.img", "/dev/xvdc", "rw")
+    with pytest.raises(InvalidArgument, match="character device"):
+        Device.parse("/dev/null:/dev/n")
