@@ -386,8 +386,8 @@ class Client:
     def unpause(self, container: str) -> None:
         self.call("POST", f"/containers/{_ident(container)}/unpause")
 
-    def remove(self, container: str, force: bool = False) -> None:
-        self.call("DELETE", f"/containers/{_ident(container)}", {"force": _flag(force)})
+    def remove(self, container: str, force: bool = False, volumes: bool = False) -> None:
+        self.call("DELETE", f"/containers/{_ident(container)}", {"force": _flag(force), "v": _flag(volumes)})
 
     def rename(self, container: str, name: str) -> None:
         self.call("POST", f"/containers/{_ident(container)}/rename", {"name": name})
@@ -495,6 +495,21 @@ class Client:
 
     def disconnect_network(self, network: str, container: str) -> None:
         self.call("POST", f"/networks/{_ident(network)}/disconnect", body={"Container": container})
+
+    def volumes(self) -> Any:
+        return self.call("GET", "/volumes")
+
+    def volume(self, name: str) -> Any:
+        return self.call("GET", f"/volumes/{_ident(name)}")
+
+    def create_volume(self, config: dict[str, Any]) -> Any:
+        return self.call("POST", "/volumes/create", body=config)
+
+    def remove_volume(self, name: str) -> None:
+        self.call("DELETE", f"/volumes/{_ident(name)}")
+
+    def prune_volumes(self, everything: bool) -> Any:
+        return self.call("POST", "/volumes/prune", {"filters": json.dumps({"all": ["true"]} if everything else {})})
 
     def info(self) -> Any:
         return self.call("GET", "/info")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from cli import events, images, network, stats
+from cli import events, images, network, stats, volume
 from cli.common import connect, each, inspect_each, say, then_echo
 from cli.errors import EXIT_DAEMON, HyperError
 
@@ -230,6 +230,10 @@ def _container_options(command: Callable[..., None]) -> Callable[..., None]:
                      help="no-new-privileges[:true|false], seccomp=unconfined (repeatable)."),
         click.option("--read-only", is_flag=True, help="Mount the container's root filesystem read-only."),
         click.option("--tmpfs", multiple=True, metavar="PATH[:OPTIONS]", help="Mount a tmpfs (repeatable)."),
+        click.option("-v", "--volume", "volumes", multiple=True, metavar="[SOURCE:]TARGET[:OPTIONS]",
+                     help="A host directory (absolute SOURCE) or a named volume at TARGET; ro (repeatable)."),
+        click.option("--mount", "mounts", multiple=True, metavar="type=bind|volume|tmpfs,source=..,target=..",
+                     help="A bind mount, volume or tmpfs, in docker's --mount syntax (repeatable)."),
         click.option("--device", "devices", multiple=True, metavar="HOST[:CONTAINER[:PERMS]]",
                      help="A host block device or image file as a device of the container (repeatable)."),
         click.option("--restart", default="no", metavar="POLICY",
@@ -308,8 +312,15 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
         "SecurityOpt": list(settings["security_opt"]),
         "ReadonlyRootfs": settings["read_only"],
         "Tmpfs": dict(item.partition(":")[::2] for item in settings["tmpfs"]),
+        "Binds": [volume.bind(text) for text in settings["volumes"]],
         "Devices": [_device(text) for text in settings["devices"]],
     }
+    for text in settings["mounts"]:
+        entry, tmpfs = volume.mount(text)
+        if entry is not None:
+            config.setdefault("Mounts", []).append(entry)
+        if tmpfs is not None:
+            config["Tmpfs"][tmpfs[0]] = tmpfs[1]
     endpoint = network.endpoint_config(settings["aliases"], settings["ip"], settings["mac"])
     if endpoint:
         config["NetworkingConfig"] = {"EndpointsConfig": {settings["network"] or "default": endpoint}}
@@ -661,12 +672,13 @@ def kill(host: str, sig: str, containers: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.option("-f", "--force", is_flag=True, help="Kill and remove a running container.")
+@click.option("-v", "--volumes", is_flag=True, help="Remove the container's anonymous volumes too.")
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_obj
-def rm(host: str, force: bool, containers: tuple[str, ...]) -> None:
+def rm(host: str, force: bool, volumes: bool, containers: tuple[str, ...]) -> None:
     """Remove containers."""
     client = connect(host)
-    each(containers, then_echo(lambda container: client.remove(container, force)))
+    each(containers, then_echo(lambda container: client.remove(container, force, volumes)))
 
 
 @cli.command()
@@ -794,6 +806,7 @@ for _command in images.TOP_LEVEL:
     cli.add_command(_command)
 cli.add_command(network.port)
 cli.add_command(network.network)
+cli.add_command(volume.volume)
 cli.add_command(events.events)
 cli.add_command(stats.top)
 cli.add_command(stats.stats)

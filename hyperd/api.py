@@ -44,6 +44,7 @@ from hyperd.isolation import Device, Resources, Security
 from hyperd.network import Network, NetworkRequest, ports
 from hyperd.network.manager import Member
 from hyperd.state import Container, ContainerState, parse_signal, signal_name
+from hyperd.volumes import Mount, Volumes, parse_bind, parse_mount
 from hyperstart.protocol import VERSIONS
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def _summary(container: Container) -> dict[str, Any]:
     }
 
 
-def _inspect(container: Container) -> dict[str, Any]:
+def _inspect(container: Container, volumes: Volumes) -> dict[str, Any]:
     spec = container.spec
     return {
         "Id": container.id,
@@ -195,6 +196,8 @@ def _inspect(container: Container) -> dict[str, Any]:
                        "Privileged": spec.security.privileged, "ReadonlyRootfs": spec.security.read_only,
                        "SecurityOpt": ["no-new-privileges"] if spec.security.no_new_privileges else [],
                        "Tmpfs": dict(spec.security.tmpfs),
+                       "Binds": [f"{m.source}:{m.target}{':ro' if m.readonly else ''}" for m in spec.mounts
+                                 if not m.anonymous],
                        "Devices": [{"PathOnHost": d.host, "PathInContainer": d.container,
                                     "CgroupPermissions": d.permissions} for d in spec.devices],
                        "Ulimits": [{"Name": n, "Soft": _limit(soft), "Hard": _limit(hard)}
@@ -207,7 +210,18 @@ def _inspect(container: Container) -> dict[str, Any]:
                        "PublishAllPorts": spec.publish_all, "Dns": list(spec.dns), "DnsSearch": list(spec.dns_search),
                        "DnsOptions": list(spec.dns_options), "ExtraHosts": list(spec.extra_hosts)},
         "NetworkSettings": _network_settings(container),
+        "Mounts": [_mount(volumes, m) for m in spec.mounts],
     }
+
+
+def _mount(volumes: Volumes, mount: Mount) -> dict[str, Any]:
+    """A mount as docker's inspect shows it."""
+    described: dict[str, Any] = {"Type": mount.type, "Destination": mount.target, "Mode": "ro" if mount.readonly
+                                 else "", "RW": not mount.readonly, "Propagation": "rprivate"}
+    if mount.type == "volume":
+        return described | {"Name": mount.source, "Driver": "local",
+                            "Source": str(volumes.directory(mount.source) / "disk.ext4")}
+    return described | {"Source": mount.source}
 
 
 def _limit(value: int) -> int:
@@ -366,7 +380,7 @@ async def create_container(request: web.Request) -> web.Response:
         labels=_string_map(body, "Labels"), stop_signal=str(body.get("StopSignal") or ""), stop_timeout=timeout,
         ulimits=tuple(f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}" for u in ulimits),
         sysctls=_string_map(body, "Sysctls"), resources=_resources(body), security=_security(body),
-        devices=_devices(body),
+        devices=_devices(body), mounts=_mounts(body),
     ), request.query.get("name"))
     return web.json_response({"Id": container.id, "Warnings": []}, status=201)
 
@@ -403,6 +417,16 @@ def _devices(body: dict[str, Any]) -> tuple[Device, ...]:
         raise errors.InvalidArgument("Devices must be a list of objects")
     return tuple(Device.parse(f"{d.get('PathOnHost') or ''}:{d.get('PathInContainer') or ''}:"
                               f"{d.get('CgroupPermissions') or 'rwm'}") for d in devices)
+
+
+def _mounts(body: dict[str, Any]) -> tuple[Mount, ...]:
+    """Docker's Binds (``-v`` strings) and Mounts (``--mount`` objects)."""
+    binds, mounts = body.get("Binds") or [], body.get("Mounts") or []
+    if not isinstance(binds, list) or not all(isinstance(b, str) for b in binds):
+        raise errors.InvalidArgument("Binds must be a list of strings")
+    if not isinstance(mounts, list) or not all(isinstance(m, dict) for m in mounts):
+        raise errors.InvalidArgument("Mounts must be a list of objects")
+    return (*(parse_bind(b) for b in binds), *(parse_mount(m) for m in mounts))
 
 
 def _security(body: dict[str, Any]) -> Security:
@@ -639,7 +663,7 @@ async def unpause_container(request: web.Request) -> web.Response:
 
 
 async def remove_container(request: web.Request) -> web.Response:
-    await _daemon(request).remove(request.match_info["id"], force=_flag(request, "force"))
+    await _daemon(request).remove(request.match_info["id"], force=_flag(request, "force"), volumes=_flag(request, "v"))
     return web.Response(status=204)
 
 
@@ -675,7 +699,8 @@ async def list_containers(request: web.Request) -> web.Response:
 
 
 async def inspect_container(request: web.Request) -> web.Response:
-    return web.json_response(_inspect(_daemon(request).get(request.match_info["id"])))
+    daemon = _daemon(request)
+    return web.json_response(_inspect(daemon.get(request.match_info["id"]), daemon.volumes))
 
 
 async def container_logs(request: web.Request) -> web.StreamResponse:
@@ -1021,6 +1046,43 @@ async def prune_networks(request: web.Request) -> web.Response:
     return web.json_response({"NetworksDeleted": _daemon(request).prune_networks()})
 
 
+async def list_volumes(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    filters = _filters(request, {"name", "dangling"})
+    names, dangling = filters.get("name", []), filters.get("dangling", [])
+    found = [v for v in daemon.volumes.list() if (not names or any(name in v.name for name in names))
+             and all((value.lower() in ("1", "true")) == (not daemon.volume_users(v.name)) for value in dangling)]
+    return web.json_response({"Volumes": [v.describe(daemon.volumes.directory(v.name)) for v in found],
+                              "Warnings": []})
+
+
+async def inspect_volume(request: web.Request) -> web.Response:
+    volumes = _daemon(request).volumes
+    volume = volumes.get(request.match_info["name"])
+    return web.json_response(volume.describe(volumes.directory(volume.name)))
+
+
+async def create_volume(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    driver = body.get("Driver") or "local"
+    if driver != "local":
+        raise errors.InvalidArgument(f"plugin {driver!r} not found: hyper creates local volumes only")
+    volumes = _daemon(request).volumes
+    volume = volumes.create(str(body.get("Name") or ""), _string_map(body, "Labels"), _string_map(body, "DriverOpts"))
+    return web.json_response(volume.describe(volumes.directory(volume.name)), status=201)
+
+
+async def remove_volume(request: web.Request) -> web.Response:
+    await _daemon(request).remove_volume(request.match_info["name"])
+    return web.Response(status=204)
+
+
+async def prune_volumes(request: web.Request) -> web.Response:
+    everything = [v.lower() in ("1", "true") for v in _filters(request, {"all"}).get("all", [])]
+    removed, freed = await _daemon(request).prune_volumes(any(everything))
+    return web.json_response({"VolumesDeleted": removed, "SpaceReclaimed": freed})
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
@@ -1068,6 +1130,11 @@ def routes() -> list[web.RouteDef]:
         web.delete("/networks/{id}", remove_network),
         web.post("/networks/{id}/connect", connect_network),
         web.post("/networks/{id}/disconnect", disconnect_network),
+        web.get("/volumes", list_volumes),
+        web.post("/volumes/create", create_volume),
+        web.post("/volumes/prune", prune_volumes),
+        web.get("/volumes/{name}", inspect_volume),
+        web.delete("/volumes/{name}", remove_volume),
         web.get("/images/json", list_images),
         web.post("/images/import", import_image),
         web.post("/images/create", pull_image),

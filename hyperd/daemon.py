@@ -36,8 +36,9 @@ from hyperd.network import Endpoint, Network, NetworkRequest, ports
 from hyperd.network.manager import Attachment, Networks, Wiring
 from hyperd.restart import RestartPolicy, next_delay
 from hyperd.state import Container, ContainerSpec, ContainerState, Database, parse_signal
-from hyperd.vm import Disk, VMSpec
+from hyperd.vm import Disk, Share, VMSpec
 from hyperd.vm.qemu import Qemu, QemuVM, log_tail
+from hyperd.volumes import Mount, Volumes, prepare_bind
 
 log = logging.getLogger("hyperd")
 
@@ -82,6 +83,8 @@ class CreateRequest:
     resources: Resources = field(default_factory=Resources)
     security: Security = field(default_factory=Security)
     devices: tuple[Device, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    """``-v`` and ``--mount``, parsed; anonymous volumes are made at create."""
 
 
 @dataclass
@@ -126,6 +129,9 @@ class Daemon:
         self.images = images
         self.db = Database(config.root / "hyper.db")
         self.networks = Networks(config.root / "hyper.db", config.bip, config.bridge)
+        self.volumes = Volumes(config.root / "volumes")
+        self.attached: dict[str, str] = {}
+        """Volume name -> the container whose pod has its disk (one pod at a time)."""
         self.containers: dict[str, Container] = {}
         self.pods: dict[str, Pod] = {}
         self.subscribers: dict[str, list[Subscriber]] = {}
@@ -146,6 +152,7 @@ class Daemon:
 
     def recover(self) -> None:
         """Load containers from disk; a container left running by a crashed daemon has exited."""
+        self.volumes.reclaim()
         for container in self.db.load():
             if container.state in (ContainerState.RUNNING, ContainerState.REMOVING):
                 _reclaim_vm(container)
@@ -237,11 +244,29 @@ class Daemon:
             raise errors.InvalidArgument("no command specified")
         if len(json.dumps([spec.args, spec.env, spec.workdir, spec.user])) > MAX_PROCESS_SPEC:
             raise errors.InvalidArgument(f"command and environment exceed {MAX_PROCESS_SPEC >> 10} KiB")
+        spec = replace(spec, mounts=self._create_mounts(request.mounts))
         container = Container(id=secrets.token_hex(32), name=name or self._generate_name(), spec=spec)
         self.db.save(container)
         self._track(container)
         self._emit(container, "create")
         return container
+
+    def _create_mounts(self, mounts: tuple[Mount, ...]) -> tuple[Mount, ...]:
+        """The container's mounts, checked, with their bind sources and volumes made: the last step of a create."""
+        targets = [m.target for m in mounts]
+        for target in targets:
+            if targets.count(target) > 1:
+                raise errors.InvalidArgument(f"duplicate mount point: {target}")
+        for mount in mounts:
+            if mount.type == "bind":
+                prepare_bind(mount)
+        made = []
+        for mount in mounts:
+            if mount.type == "volume":
+                made.append(replace(mount, source=self.volumes.create(mount.source).name))
+            else:
+                made.append(mount)
+        return tuple(made)
 
     def _network_spec(self, request: NetworkRequest, image_exposed: tuple[str, ...]) -> dict[str, Any]:
         """The network fields of a container's spec, checked now so that ``start`` cannot fail on them."""
@@ -434,11 +459,17 @@ class Daemon:
         for index, device in enumerate(container.spec.devices):
             disks.append(Disk(Path(device.host), f"dev{index}{container.id[:12]}", readonly=not device.writable))
             rootfs.setdefault("devices", []).append({"disk": disks[-1].serial, "path": device.container})
-        attachment = await self.networks.attach(self._wiring(container))
+        self._claim_volumes(container)
         try:
-            pod = await self._launch(container, attachment, disks, rootfs, mark)
+            shares = await self._mounts(container, disks, rootfs)
+            attachment = await self.networks.attach(self._wiring(container))
+            try:
+                pod = await self._launch(container, attachment, disks, shares, rootfs, mark)
+            except BaseException:
+                await self._detach(attachment)
+                raise
         except BaseException:
-            await self._detach(attachment)
+            self._release_volumes(container)
             raise
         container.ports = [{"IP": p.host_ip, "PrivatePort": p.container_port, "PublicPort": p.host_port,
                             "Type": p.protocol} for p in attachment.published]
@@ -446,14 +477,47 @@ class Daemon:
         self.pods[container.id] = pod
         return pod
 
-    async def _launch(self, container: Container, attachment: Attachment, disks: list[Disk],
+    def _claim_volumes(self, container: Container) -> None:
+        names = [m.source for m in container.spec.mounts if m.type == "volume"]
+        for name in names:
+            holder = self.attached.get(name)
+            if holder is not None and holder != container.id:
+                other = self.containers.get(holder)
+                raise errors.Conflict(f"volume {name} is in use by running container "
+                                      f"{other.name if other else holder[:12]}: a volume is a disk, attached to "
+                                      "one pod at a time")
+        for name in names:
+            self.attached[name] = container.id
+
+    def _release_volumes(self, container: Container) -> None:
+        for name in [name for name, holder in self.attached.items() if holder == container.id]:
+            del self.attached[name]
+
+    async def _mounts(self, container: Container, disks: list[Disk], rootfs: dict[str, Any]) -> list[Share]:
+        """The container's volumes as disks and its bind mounts as shares, and how the guest mounts them."""
+        shares: list[Share] = []
+        entries = rootfs.setdefault("mounts", [])
+        for index, mount in enumerate(container.spec.mounts):
+            entry: dict[str, Any] = {"target": mount.target, "readonly": mount.readonly}
+            if mount.type == "volume":
+                volume = self.volumes.get(mount.source)
+                disks.append(Disk(await self.volumes.disk(volume), f"vol{index}{container.id[:12]}",
+                                  readonly=mount.readonly))
+                entry |= {"disk": disks[-1].serial, "populate": not mount.nocopy}
+            else:
+                shares.append(Share(prepare_bind(mount), f"bind{index}{container.id[:12]}", mount.readonly))
+                entry["tag"] = shares[-1].tag
+            entries.append(entry)
+        return shares
+
+    async def _launch(self, container: Container, attachment: Attachment, disks: list[Disk], shares: list[Share],
                       rootfs: dict[str, Any], mark: Callable[[str], None]) -> Pod:
         spec = VMSpec(
             name=f"hyper-{container.id[:12]}", kernel=self.config.kernel, guest_disk=self.config.guest_disk,
             workdir=self.container_dir(container) / "vm", disks=tuple(disks),
             memory_mib=container.spec.resources.vm_memory_mib(self.config.memory_mib),
             vcpus=container.spec.resources.vm_vcpus(),
-            nics=tuple(attachment.nics),
+            nics=tuple(attachment.nics), shares=tuple(shares),
         )
         vm = await self.hypervisor.launch(spec)
         mark("vm_spawned")
@@ -628,6 +692,7 @@ class Daemon:
                 if ex.container is container and not ex.done.is_set():
                     self._end_exec(ex, 137)  # the pod went with the process in it
             self.pods.pop(container.id, None)
+            self._release_volumes(container)
             container.state = ContainerState.EXITED
             container.finished = time.time()
             if self.closing:
@@ -821,7 +886,8 @@ class Daemon:
             await self.removed[container.id].wait()
         return container
 
-    async def remove(self, ref: str, force: bool) -> None:
+    async def remove(self, ref: str, force: bool, volumes: bool = False) -> None:
+        """``docker rm [-f] [-v]``: ``volumes`` removes the container's anonymous volumes too."""
         container = self.get(ref)
         if container.state == ContainerState.RUNNING:
             if not force:
@@ -834,17 +900,17 @@ class Daemon:
             if container.spec.autoremove:
                 await self.removed[container.id].wait()
                 return
-        await self._remove(container)
+        await self._remove(container, volumes)
 
     async def _autoremove(self, container: Container) -> None:
         """``--rm`` after the container is done; a failure is logged, and waiters are released anyway."""
         try:
-            await self._remove(container)
+            await self._remove(container, volumes=True)
         except errors.HyperError as err:
             log.warning("could not remove %s: %s", container.name, err)
             self.removed[container.id].set()
 
-    async def _remove(self, container: Container) -> None:
+    async def _remove(self, container: Container, volumes: bool = False) -> None:
         if container.id not in self.containers:
             return
         self._cancel_restart(container)
@@ -860,6 +926,34 @@ class Daemon:
         for exec_id in [e.id for e in self.execs.values() if e.container is container]:
             del self.execs[exec_id]
         self.removed[container.id].set()
+        for mount in container.spec.mounts if volumes else ():
+            if mount.anonymous and not self.volume_users(mount.source):
+                await asyncio.to_thread(self.volumes.remove, mount.source)
+
+    # -- volumes --------------------------------------------------------------------------
+
+    def volume_users(self, name: str) -> list[Container]:
+        return [c for c in self.containers.values()
+                if any(m.type == "volume" and m.source == name for m in c.spec.mounts)]
+
+    async def remove_volume(self, name: str) -> None:
+        """``docker volume rm``: refused while any container, running or not, names the volume."""
+        self.volumes.get(name)
+        users = self.volume_users(name)
+        if users:
+            raise errors.Conflict(f"remove {name}: volume is in use - [{', '.join(c.id for c in users)}]")
+        await asyncio.to_thread(self.volumes.remove, name)
+
+    async def prune_volumes(self, everything: bool) -> tuple[list[str], int]:
+        """``docker volume prune [-a]``: remove the unused anonymous volumes (every unused one with
+        ``everything``); their names and the bytes freed."""
+        removed, freed = [], 0
+        for volume in self.volumes.list():
+            if (everything or volume.anonymous) and not self.volume_users(volume.name):
+                freed += await asyncio.to_thread(_tree_size, self.volumes.directory(volume.name))
+                await asyncio.to_thread(self.volumes.remove, volume.name)
+                removed.append(volume.name)
+        return removed, freed
 
     # -- update ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from hyperd.isolation import Device, Resources, Security
 from hyperd.network import Endpoint
 from hyperd.network.ports import PortBinding
 from hyperd.restart import Policy, RestartPolicy
+from hyperd.volumes import Mount
 
 
 class ContainerState(enum.StrEnum):
@@ -82,6 +83,8 @@ class ContainerSpec:
     resources: Resources = field(default_factory=Resources)
     security: Security = field(default_factory=Security)
     devices: tuple[Device, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    """Volumes (by name) and bind mounts (host directories)."""
 
 
 def parse_signal(name: str) -> int:
@@ -201,6 +204,7 @@ def _from_record(record: dict[str, Any]) -> Container:
     spec["ulimits"] = tuple(tuple(u) for u in spec.get("ulimits", ()))
     spec["resources"] = Resources(**spec.get("resources", {}))
     spec["devices"] = tuple(Device(**d) for d in spec.get("devices", ()))
+    spec["mounts"] = tuple(Mount(**m) for m in spec.get("mounts", ()))
     security = spec.get("security", {})
     spec["security"] = Security(**{**security, "cap_add": tuple(security.get("cap_add", ())),
                                    "cap_drop": tuple(security.get("cap_drop", ()))})

@@ -33,15 +33,18 @@ def parse_options(options: dict[str, str]) -> int:
     unknown = sorted(set(options) - {"size"})
     if unknown:
         raise InvalidArgument(f"unknown storage option {unknown[0]!r}: only size=SIZE is supported")
-    if "size" not in options:
-        return 0
-    text = options["size"].strip()
+    return parse_size(options["size"], "storage") if "size" in options else 0
+
+
+def parse_size(text: str, what: str) -> int:
+    """A disk's size (``512M``, ``2G``) in bytes, within what an ext4 disk can be."""
+    text = text.strip()
     match = _SIZE.fullmatch(text)
     if match is None:
-        raise InvalidArgument(f"invalid storage size {text!r}: expected a number with an optional unit (512M, 2G)")
+        raise InvalidArgument(f"invalid {what} size {text!r}: expected a number with an optional unit (512M, 2G)")
     size = int(float(match[1]) * _UNITS[match[2].lower()])
     if not MIN_SIZE <= size <= MAX_SIZE:
-        raise InvalidArgument(f"storage size {text} is out of range: from {MIN_SIZE >> 20}M to {MAX_SIZE >> 40}T")
+        raise InvalidArgument(f"{what} size {text} is out of range: from {MIN_SIZE >> 20}M to {MAX_SIZE >> 40}T")
     return size
 
 
@@ -63,6 +66,6 @@ async def create(path: Path, size: int) -> None:
             raise StorageError(f"{MKFS} failed with exit status {status}: {output.strip()[-500:]}")
         os.replace(scratch, path)
     except OSError as err:
-        raise StorageError(f"cannot create the container's disk {path}: {err.strerror or err}") from err
+        raise StorageError(f"cannot create the disk {path}: {err.strerror or err}") from err
     finally:
         scratch.unlink(missing_ok=True)

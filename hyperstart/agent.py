@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 
-from hyperstart import cgroup, container, network, proc, syscalls
+from hyperstart import cgroup, container, network, proc, syscalls, volumes
 from hyperstart.protocol import (
     DATA_CHUNK,
     INITIAL_WINDOW,
@@ -491,6 +491,7 @@ class Agent:
         box.devices = [(str(d["disk"]), str(d["path"])) for d in rootfs.get("devices", [])]
         self.containers[cid] = box
         try:
+            volumes.attach(box, list(rootfs.get("mounts") or []))
             box.cgroup = cgroup.create(cid, args.get("limits") or {})
         except BaseException:
             del self.containers[cid]

@@ -29,7 +29,7 @@ PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
 )
 PYTHON = "/usr/bin/python3.11"
-GUEST_MODULES = ("agent", "cgroup", "container", "network", "proc", "protocol", "seccomp", "syscalls")
+GUEST_MODULES = ("agent", "cgroup", "container", "network", "proc", "protocol", "seccomp", "syscalls", "volumes")
 UUID = "8e1d7f0c-5c2b-4b9a-9d34-68797065722e"
 # Directories the agent mounts over or writes into at boot.
 MOUNT_POINTS = ("proc", "sys", "dev", "run", "tmp")

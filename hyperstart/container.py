@@ -93,10 +93,12 @@ class Container:
         """Path in the container -> tmpfs mount options."""
         self.devices: list[tuple[str, str]] = []
         """(disk serial, path in the container's /dev) of the host devices given with --device."""
+        self.volumes: list[tuple[str, str, bool]] = []
+        """(path in the container, its mount in the VM, read-only) of its volumes and bind mounts."""
         self.pid = 0
 
 
-def _disk_by_serial(serial: str) -> str:
+def disk_by_serial(serial: str) -> str:
     for name in sorted(os.listdir("/sys/block")):
         try:
             with open(f"/sys/block/{name}/serial") as f:
@@ -117,7 +119,7 @@ class Images:
         if serial not in self._mounted:
             target = f"{RUN}/images/{serial}"
             os.makedirs(target, exist_ok=True)
-            syscalls.mount(_disk_by_serial(serial), target, fstype, syscalls.MS_RDONLY)
+            syscalls.mount(disk_by_serial(serial), target, fstype, syscalls.MS_RDONLY)
             self._mounted[serial] = target
         return self._mounted[serial]
 
@@ -133,7 +135,7 @@ def assemble(container_id: str, lower: str, disk: tuple[str, str] | None = None)
     if disk is not None:
         layer = f"{base}/layer"
         os.makedirs(layer, exist_ok=True)
-        syscalls.mount(_disk_by_serial(disk[0]), layer, disk[1], syscalls.MS_NOSUID | syscalls.MS_NODEV)
+        syscalls.mount(disk_by_serial(disk[0]), layer, disk[1], syscalls.MS_NOSUID | syscalls.MS_NODEV)
         mounts.append(layer)
     else:
         layer = base
@@ -204,7 +206,7 @@ def _populate_dev(root: str, pts: str, devices: list[tuple[str, str]]) -> None:
         os.chmod(f"{dev}/{name}", 0o666)
     for serial, path in devices:
         # A --device: the disk the host attached for it, as a block node at the path asked for.
-        with open(f"/sys/block/{_disk_by_serial(serial).removeprefix('/dev/')}/dev") as f:
+        with open(f"/sys/block/{disk_by_serial(serial).removeprefix('/dev/')}/dev") as f:
             major, minor = (int(n) for n in f.read().split(":"))
         node = f"{root}/{path.lstrip('/')}"
         os.makedirs(os.path.dirname(node), exist_ok=True)
@@ -225,6 +227,9 @@ def _enter_root(container: Container) -> None:
     """In the container's fresh mount namespace: its /proc, /sys, /dev, then pivot_root, then its files."""
     root = container.root
     detached = [(path, syscalls.open_tree(source)) for path, source in container.files]
+    # Parents first, so that a volume inside another one lands on it, not under it.
+    volumes = [(path, syscalls.open_tree(source), readonly) for path, source, readonly
+               in sorted(container.volumes, key=lambda volume: volume[0].rstrip("/").count("/"))]
     syscalls.mount("", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     syscalls.mount(root, root, None, syscalls.MS_BIND | syscalls.MS_REC)
     plain = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
@@ -235,7 +240,18 @@ def _enter_root(container: Container) -> None:
     syscalls.pivot_root(".", ".")
     syscalls.umount(".", syscalls.MNT_DETACH)
     os.chdir("/")
+    _bind_volumes(volumes)
     _bind_files(detached)
+
+
+def _bind_volumes(volumes: list[tuple[str, int, bool]]) -> None:
+    """Attach each volume and bind mount at its path inside the container's root."""
+    for path, fd, readonly in volumes:
+        os.makedirs(path, exist_ok=True)
+        syscalls.move_mount(fd, path)
+        os.close(fd)
+        if readonly:
+            syscalls.mount("", path, None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
 
 
 def _lookup(path: str, name: str, field_index: int) -> tuple[str, ...] | None:

@@ -96,3 +96,19 @@ def setrlimit(resource: int, soft: int, hard: int) -> None:
 def reboot() -> None:
     """Restart the machine; with ``reboot=t`` and QEMU's -no-reboot that ends the VM."""
     _check(_libc.reboot(LINUX_REBOOT_CMD_RESTART), "reboot")
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+
+
+def open_in_root(root_fd: int, path: str, flags: int) -> int:
+    """``path`` opened as if ``root_fd`` were ``/`` (openat2 with RESOLVE_IN_ROOT, 437 on x86_64):
+    ``..`` and symlinks, absolute ones too, never lead out of it."""
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    return _check(_libc.syscall(437, root_fd, path.encode(), ctypes.byref(how), ctypes.sizeof(how)),
+                  f"open {path}")

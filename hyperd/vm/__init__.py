@@ -21,6 +21,15 @@ class Disk:
 
 
 @dataclass(frozen=True)
+class Share:
+    """A host directory for the guest (virtio-9p), found there by its tag."""
+
+    path: Path
+    tag: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
 class Nic:
     """A network interface for the guest, found there by its MAC: on a tap descriptor the
     hypervisor receives, or (``tap_fd`` < 0) on the hypervisor's user-mode stack, with its
@@ -42,6 +51,7 @@ class VMSpec:
     memory_mib: int = 256
     disks: tuple[Disk, ...] = field(default_factory=tuple)
     nics: tuple[Nic, ...] = field(default_factory=tuple)
+    shares: tuple[Share, ...] = field(default_factory=tuple)
 
     @property
     def console_log(self) -> Path:

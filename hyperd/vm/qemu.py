@@ -175,6 +175,15 @@ class Qemu:
                 "-drive", f"file={path},if=none,id=disk{index},format=raw,readonly={'on' if readonly else 'off'}",
                 "-device", f"virtio-blk-device,drive=disk{index},serial={serial}",
             ]
+        for index, share in enumerate(spec.shares):
+            # The local backend as root, owners and modes passed through as docker's bind mounts
+            # have them; a read-only share is refused writes by QEMU itself, whatever the guest does.
+            shared = str(share.path).replace(",", ",,")
+            argv += [
+                "-fsdev", f"local,id=share{index},path={shared},security_model=passthrough"
+                          f"{',readonly=on' if share.readonly else ''}",
+                "-device", f"virtio-9p-device,fsdev=share{index},mount_tag={share.tag}",
+            ]
         for index, nic in enumerate(spec.nics):
             if nic.tap_fd >= 0:
                 # vhost-net is not on every host (nor here); QEMU then moves the packets itself.

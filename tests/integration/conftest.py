@@ -280,6 +280,7 @@ class Hyper:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.before = set(self.ids())
+        self.volumes_before = set(self.volumes())
 
     def __call__(self, *args: str, timeout: float = CLI_TIMEOUT,
                  env: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
@@ -290,11 +291,20 @@ class Hyper:
         assert result.returncode == 0, result.stderr
         return result.stdout.split()
 
+    def volumes(self) -> list[str]:
+        result = self.daemon.hyper("volume", "ls", "-q")
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
     def cleanup(self) -> None:
         made = [cid for cid in self.ids() if cid not in self.before]
         if made:
             result = self.daemon.hyper("rm", "-f", *made)
             assert result.returncode == 0, f"could not remove {made}: {result.stderr}"
+        volumes = [name for name in self.volumes() if name not in self.volumes_before]
+        if volumes:
+            result = self.daemon.hyper("volume", "rm", *volumes)
+            assert result.returncode == 0, f"could not remove volumes {volumes}: {result.stderr}"
         self.daemon.assert_no_qemu("after the test's containers were removed")
 
 
