@@ -17,7 +17,7 @@ RUNNING_TIMEOUT = 180.0
 def inspect(hyper: Hyper, name: str) -> dict[str, Any]:
     got = hyper("inspect", name)
     assert got.returncode == 0, got.stderr
-    return json.loads(got.stdout)[0]
+    return dict(json.loads(got.stdout)[0])
 
 
 def unique(prefix: str) -> str:
