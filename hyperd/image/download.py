@@ -1,18 +1,17 @@
-"""A layer blob on its way from a registry into the store, checked in the one pass that writes it.
+"""A layer blob on its way from a registry into the store, checked as it is written.
 
 The registry client's event loop only receives: each layer's bytes go through a bounded
-pipe to a thread of that layer's own, which writes them to the staged blob, hashes them,
-decompresses them, computes the diff_id and runs ``layers.validate_layer`` over the tar.
-A resumed download's earlier bytes are read back from its partial file by that thread, so
-the check always covers the whole layer.  ``Progress`` turns what happens into Docker's
-JSON progress messages.
+pipe to a thread that writes them to the staged blob and hashes them, and from it through
+another to a thread that decompresses them, computes the diff_id and runs
+``layers.validate_layer`` over the tar.  A resumed download's earlier bytes are read back
+from its partial file by the checking thread, so the check always covers the whole layer.
+``Progress`` turns what happens into Docker's JSON progress messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import math
 import os
 import threading
@@ -20,18 +19,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 from hyperd.image import ImageError
 from hyperd.image.blobs import Staged
-from hyperd.image.layers import Compression, check_layer
+from hyperd.image.layers import Compression, Readable, check_layer
 
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
-
-CHUNK = 1 << 20
-PIPE_CAPACITY = 4 << 20
-"""Bytes of a layer downloaded but not yet checked, per download."""
+CHUNK = 1 << 18
+"""Bytes read off a blob's response at a time: small enough to stay in the CPU's cache from
+one step of the pipeline to the next, big enough for hashlib and zlib to work outside the GIL."""
+PIPE_CAPACITY = 2 << 20
+"""Bytes waiting in one pipe: a download holds at most twice that, received but not yet checked."""
 PROGRESS_INTERVAL = 0.1
 """Seconds between two "Downloading" messages of a layer (Docker's rate)."""
 
@@ -41,7 +39,7 @@ def disk_error(err: OSError, digest: str) -> ImageError:
     return ImageError(f"{reason[:1].lower()}{reason[1:]} while pulling blob {digest}")
 
 
-def _inspect(source: BinaryIO, compression: Compression, base: bool) -> tuple[str, int]:
+def _inspect(source: Readable, compression: Compression, base: bool) -> tuple[str, int]:
     """(diff_id, size) of a layer's uncompressed tar; InvalidLayer if it is malformed or unsafe.
 
     ``base``: the layer is the image's bottom one (see ``validate_layer``).
@@ -55,62 +53,34 @@ def inspect_blob(path: Path, compression: Compression, base: bool) -> tuple[str,
         return _inspect(blob, compression, base)
 
 
-class _Pipe(io.RawIOBase):
-    """Bytes from the event loop to a worker thread, at most ``capacity`` of them waiting.
+class _Pipe:
+    """Chunks handed from one thread to another, at most ``capacity`` bytes of them waiting.
 
-    A resumed download's first ``prefix_size`` bytes are read from its partial file instead.
-    Every other byte the reader takes is first given to ``sink`` (the staged blob), in the
-    reader's thread.  ``end`` is both the writer's end of data and the reader's giving up:
-    the reader then sees the end of the stream once the pipe is empty, and later writes are
-    dropped.
+    ``end`` is both the writer's end of data and the reader's giving up: the reader then sees
+    the end of the stream once the pipe is empty, and later chunks are dropped.
     """
 
-    def __init__(self, prefix: Path, prefix_size: int, sink: Callable[[memoryview], object],
-                 capacity: int = PIPE_CAPACITY) -> None:
-        super().__init__()
-        self._sink = sink
-        self._prefix = prefix
-        self._prefix_left = prefix_size
-        self._prefix_file: BinaryIO | None = None
-        self._chunks: deque[memoryview] = deque()
+    def __init__(self, capacity: int = PIPE_CAPACITY) -> None:
+        self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._capacity = capacity
         self._ended = False
         self._changed = threading.Condition()
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._prefix_left:
-            if self._prefix_file is None:
-                self._prefix_file = self._prefix.open("rb")
-            data = self._prefix_file.read(min(len(view), self._prefix_left))
-            # A partial cut shorter under us (a restart) ends the stream: this check is being dropped.
-            self._prefix_left = self._prefix_left - len(data) if data else 0
-            view[: len(data)] = data
-            return len(data)
+    def read(self, size: int = -1) -> bytes:
+        """The next chunk, or its first ``size`` bytes, once there is one; b"" at the end."""
         with self._changed:
             while not self._chunks and not self._ended:
                 self._changed.wait()
             if not self._chunks:
-                return 0
+                return b""
             chunk = self._chunks.popleft()
-            size = min(len(view), len(chunk))
-            if size < len(chunk):
+            if 0 <= size < len(chunk):
                 self._chunks.appendleft(chunk[size:])
-            self._buffered -= size
+                chunk = chunk[:size]
+            self._buffered -= len(chunk)
             self._changed.notify_all()
-        self._sink(chunk[:size])
-        view[:size] = chunk[:size]
-        return size
-
-    def drain(self) -> None:
-        """Take (and so write) everything up to the end of the stream."""
-        scratch = bytearray(CHUNK)
-        while self.readinto(scratch):
-            pass
+        return chunk
 
     def offer(self, data: bytes) -> bool:
         """Hand ``data`` over unless the pipe is full; False if it is."""
@@ -129,7 +99,7 @@ class _Pipe(io.RawIOBase):
 
     def _append(self, data: bytes) -> None:
         if not self._ended:
-            self._chunks.append(memoryview(data))
+            self._chunks.append(data)
             self._buffered += len(data)
             self._changed.notify_all()
 
@@ -138,78 +108,119 @@ class _Pipe(io.RawIOBase):
             self._ended = True
             self._changed.notify_all()
 
+
+class _Resumed:
+    """A download's bytes from its first: those an earlier pull left in the partial file, then the pipe's."""
+
+    def __init__(self, prefix: Path, prefix_size: int, rest: _Pipe) -> None:
+        self._prefix = prefix
+        self._prefix_left = prefix_size
+        self._file: BinaryIO | None = None
+        self._rest: _Pipe | None = rest
+
+    def read(self, size: int = -1) -> bytes:
+        if not size:
+            return b""
+        if self._prefix_left:
+            if self._file is None:
+                self._file = self._prefix.open("rb")
+            data = self._file.read(min(CHUNK if size < 0 else size, self._prefix_left))
+            self._prefix_left -= len(data)
+            if not data:
+                # A partial cut shorter under us (a restart) ends the stream: this check is being dropped.
+                self._prefix_left, self._rest = 0, None
+            return data
+        return self._rest.read(size) if self._rest is not None else b""
+
     def close(self) -> None:
-        if self._prefix_file is not None:
-            self._prefix_file.close()
-        super().close()
+        if self._file is not None:
+            self._file.close()
 
 
 class _Content:
-    """A layer blob written, hashed, decompressed and validated by one worker thread as it arrives.
+    """A layer blob written and hashed by one thread, decompressed and validated by another, as it arrives.
 
-    The event loop only receives: one thread per layer does the rest of the work on its
-    bytes, in one pass, and the pipe between them is bounded, so a slow disk or check slows
-    the download rather than filling memory.  When the check fails, the thread still writes
-    (and hashes) the rest, so that the caller can compare the blob with its digest first: a
-    corrupt download should say so, not that its (corrupt) tar is malformed.  A failed write
-    (``error``) stops everything.
+    The event loop only receives; the two threads overlap (hashlib, zlib and file writes run
+    outside the GIL), and the pipes between them are bounded, so a slow disk or check slows
+    the download rather than filling memory.  The writer takes every byte whatever the check
+    says, so that the caller can compare the blob with its digest first: a corrupt download
+    should say so, not that its (corrupt) tar is malformed.  A failed write (``error``) stops
+    everything.
     """
 
     def __init__(self, compression: Compression, base: bool, staged: Staged, prefix_size: int) -> None:
         self.error: OSError | None = None
-        self._pipe = _Pipe(staged.path, prefix_size, staged.write)
+        self._staged = staged
+        self._received = _Pipe()
+        self._checking = _Pipe()
         self._loop = asyncio.get_running_loop()
-        self._result: asyncio.Future[tuple[str, int]] = self._loop.create_future()
-        # When the check is dropped (a restart, a failed pull) nobody awaits it: mark its error seen.
-        self._result.add_done_callback(lambda done: done.cancelled() or done.exception())
-        # A thread of its own, not the default executor's: ``feed`` may take one of those to wait
-        # for room in the pipe, which only this thread can make.  Never joined: ``stop`` ends it.
-        threading.Thread(target=self._check, args=(compression, base), name="layer-check", daemon=True).start()
+        self._written: asyncio.Future[None] = self._loop.create_future()
+        self._checked: asyncio.Future[tuple[str, int]] = self._loop.create_future()
+        for future in (self._written, self._checked):
+            # When the content is dropped (a restart, a failed pull) nobody awaits it: mark its error seen.
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # Threads of their own, not the default executor's: ``feed`` may take one of those to wait
+        # for room in a pipe, which only these threads can make.  Never joined: ``stop`` ends them.
+        threading.Thread(target=self._write, name="layer-write", daemon=True).start()
+        source = _Resumed(staged.path, prefix_size, self._checking)
+        threading.Thread(target=self._check, args=(source, compression, base), name="layer-check",
+                         daemon=True).start()
 
-    def _check(self, compression: Compression, base: bool) -> None:
-        outcome: tuple[str, int] | BaseException
+    def _write(self) -> None:
+        outcome: OSError | None = None
         try:
-            outcome = _inspect(io.BufferedReader(self._pipe, CHUNK), compression, base)
-            self._pipe.drain()  # what follows the compressed stream is part of the blob too
+            while chunk := self._received.read():
+                self._staged.write(chunk)
+                self._checking.put(chunk)
         except OSError as err:  # the blob's file could not be written: nothing more will be
             outcome = self.error = err
+        finally:
+            # A writer that stopped early must not leave the download waiting for room.
+            self._received.end()
+            self._checking.end()
+        self._settle(self._written, outcome)
+
+    def _check(self, source: _Resumed, compression: Compression, base: bool) -> None:
+        outcome: tuple[str, int] | BaseException
+        try:
+            outcome = _inspect(source, compression, base)
         except BaseException as err:  # handed to the awaiting task, which re-raises it
             outcome = err
-            try:
-                self._pipe.drain()
-            except OSError as disk:
-                outcome = self.error = disk
         finally:
-            # A reader that stopped early must not leave the download waiting for room.
-            self._pipe.end()
-            self._pipe.close()
-        with contextlib.suppress(RuntimeError):  # the loop is gone: so is anyone who cared
-            self._loop.call_soon_threadsafe(self._settle, outcome)
+            # A checker that stopped early must not leave the writer waiting for room.
+            self._checking.end()
+            source.close()
+        self._settle(self._checked, outcome)
 
-    def _settle(self, outcome: tuple[str, int] | BaseException) -> None:
-        if self._result.done():
-            return
-        if isinstance(outcome, BaseException):
-            self._result.set_exception(outcome)
-        else:
-            self._result.set_result(outcome)
+    def _settle(self, future: asyncio.Future[Any], outcome: object) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: so is anyone who cared
+            self._loop.call_soon_threadsafe(settle)
 
     async def feed(self, data: bytes) -> None:
         if self.error is not None:
             raise self.error
-        if not self._pipe.offer(data):
-            await asyncio.to_thread(self._pipe.put, data)
+        if not self._received.offer(data):
+            await asyncio.to_thread(self._received.put, data)
 
     async def finish(self) -> tuple[str, int]:
         """(diff_id, size of the uncompressed tar) once the whole blob was fed, written and checked."""
-        self._pipe.end()
-        return await self._result
+        self._received.end()
+        await self._written
+        return await self._checked
 
     async def stop(self) -> None:
-        """End the stream and wait until the thread has stopped writing."""
-        self._pipe.end()
+        """End the stream and wait until nothing more is written; the check is dropped."""
+        self._received.end()
+        self._checking.end()
         with contextlib.suppress(Exception):
-            await self._result
+            await self._written
 
 
 class Progress:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -150,14 +150,15 @@ class Compression(enum.Enum):
                 return kind, whole
         return cls.NONE, whole
 
-    def open(self, stream: BinaryIO) -> Readable:
+    def open(self, stream: Readable) -> Readable:
         """The uncompressed content of ``stream``."""
         if self is Compression.GZIP:
             return _Gzip(stream)
+        # bz2 and lzma only ever call read(), whatever file protocol their stubs ask for.
         if self is Compression.BZIP2:
-            return bz2.BZ2File(stream)
+            return bz2.BZ2File(cast(BinaryIO, stream))
         if self is Compression.XZ:
-            return lzma.LZMAFile(stream)
+            return lzma.LZMAFile(cast(BinaryIO, stream))
         if self is Compression.ZSTD:
             return io.BufferedReader(_Zstd(stream), _COPY_CHUNK)
         return stream
@@ -168,8 +169,9 @@ class _Gzip(io.RawIOBase):
 
     ``gzip.GzipFile`` reads its input 8 KiB at a time, with a Python call per piece for the
     CRC; this drives zlib (which checks the CRC itself) over 1 MiB reads, which is most of
-    what a pull's checker thread spends on a gzip layer.  Output per call is bounded, so a
-    gzip bomb costs memory in chunks, never at once.
+    what a pull's checker thread spends on a gzip layer.  ``read`` hands out zlib's output
+    as it is, without a copy.  Output per call is bounded, so a gzip bomb costs memory in
+    chunks, never at once.
     """
 
     def __init__(self, source: Readable) -> None:
@@ -184,24 +186,30 @@ class _Gzip(io.RawIOBase):
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         view = memoryview(buffer).cast("B")
-        if not view:
-            return 0  # zlib reads a max_length of 0 as no limit at all
+        plain = self.read(len(view))
+        view[: len(plain)] = plain
+        return len(plain)
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            return self.readall()
+        if not size:
+            return b""  # zlib reads a max_length of 0 as no limit at all
         while True:
             if not self._pending:
                 self._pending = self._source.read(_COPY_CHUNK)
                 if not self._pending:
                     if self._started and not self._member.eof:
                         raise EOFError("gzip stream ends inside a member")
-                    return 0
+                    return b""
             if self._member.eof:
                 # The next member: concatenated gzip is valid, and some tools write it.
                 self._member, self._started = zlib.decompressobj(wbits=31), False
             self._started = True
-            plain = self._member.decompress(self._pending, len(view))
+            plain = self._member.decompress(self._pending, size)
             self._pending = self._member.unconsumed_tail or self._member.unused_data
             if plain:
-                view[: len(plain)] = plain
-                return len(plain)
+                return plain
 
 
 class _Zstd(io.RawIOBase):
@@ -248,7 +256,7 @@ class _Zstd(io.RawIOBase):
         return size
 
 
-def check_layer(stream: BinaryIO, compression: Compression, *, base: bool,
+def check_layer(stream: Readable, compression: Compression, *, base: bool,
                 copy: Callable[[bytes], object] | None = None) -> DigestReader:
     """Read a layer to its very end, its tar validated (``validate_layer``) on the way.
 

@@ -710,3 +710,25 @@ async def test_an_unsafe_layer_is_refused_naming_the_entry(fake: FakeRegistry, s
     evil_digest = fake.layer_digests(top)[1]
     # The safe layer, cut off by the failure, may stay behind to be resumed; nothing of the evil one does.
     assert evil_digest not in store.blobs and f".partial-{evil_digest[7:]}" not in _partials(store)
+
+
+async def test_an_unsafe_entry_ahead_of_much_data_is_refused_once_the_blob_is_whole(
+        fake: FakeRegistry, store: ImageStore) -> None:
+    # The check stops at the first entry while megabytes more than its pipes hold are still to come:
+    # every byte must still be written, so that the blob is known to be the registry's before it is refused.
+    evil = _tar({"../evil": b"gotcha", "noise": os.urandom(12 << 20)})
+    top = fake.layered([gzip.compress(evil, 1)], [evil], tag="evil")
+    with pytest.raises(InvalidLayer, match=r'^layer rejected: entry "\.\./evil" escapes the root$'):
+        await pull(store, f"{fake.address}/team/app:evil")
+    assert fake.layer_digests(top)[0] not in store.blobs and _partials(store) == {}
+
+
+async def test_a_resumed_download_is_checked_from_its_first_byte(fake: FakeRegistry, store: ImageStore) -> None:
+    evil = _tar({"../evil": b"gotcha", "noise": os.urandom(300_000)})
+    layer = fake.layer_digests(fake.layered([gzip.compress(evil, 1)], [evil], tag="evil"))[0]
+    # The unsafe entry is in the part an earlier pull left behind, not in what is downloaded now.
+    (store.blobs.dir / f".partial-{layer[7:]}").write_bytes(fake.blobs[layer][:100_000])
+    with pytest.raises(InvalidLayer, match=r'^layer rejected: entry "\.\./evil" escapes the root$'):
+        await pull(store, f"{fake.address}/team/app:evil")
+    assert [wanted for path, wanted in fake.requests if path.endswith(layer)] == ["bytes=100000-"]
+    assert layer not in store.blobs and _partials(store) == {}
