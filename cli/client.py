@@ -496,6 +496,24 @@ class Client:
     def disconnect_network(self, network: str, container: str) -> None:
         self.call("POST", f"/networks/{_ident(network)}/disconnect", body={"Container": container})
 
+    def pods(self) -> Any:
+        return self.call("GET", "/pods/json")
+
+    def pod(self, name: str) -> Any:
+        return self.call("GET", f"/pods/{_ident(name)}/json")
+
+    def create_pod(self, spec: Any) -> Any:
+        return self.call("POST", "/pods/create", body=spec)
+
+    def start_pod(self, name: str) -> None:
+        self.call("POST", f"/pods/{_ident(name)}/start")
+
+    def stop_pod(self, name: str, timeout: int | None) -> None:
+        self.call("POST", f"/pods/{_ident(name)}/stop", {} if timeout is None else {"t": str(timeout)})
+
+    def remove_pod(self, name: str, force: bool) -> None:
+        self.call("DELETE", f"/pods/{_ident(name)}", {"force": _flag(force)})
+
     def volumes(self) -> Any:
         return self.call("GET", "/volumes")
 

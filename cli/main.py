@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from cli import events, images, network, stats, volume
+from cli import events, images, network, pod, stats, volume
 from cli.common import connect, each, inspect_each, say, then_echo
 from cli.errors import EXIT_DAEMON, HyperError
 
@@ -232,6 +232,7 @@ def _container_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--tmpfs", multiple=True, metavar="PATH[:OPTIONS]", help="Mount a tmpfs (repeatable)."),
         click.option("-v", "--volume", "volumes", multiple=True, metavar="[SOURCE:]TARGET[:OPTIONS]",
                      help="A host directory (absolute SOURCE) or a named volume at TARGET; ro (repeatable)."),
+        click.option("--pod", default="", metavar="POD", help="Run in a running pod's VM, on its network."),
         click.option("--mount", "mounts", multiple=True, metavar="type=bind|volume|tmpfs,source=..,target=..",
                      help="A bind mount, volume or tmpfs, in docker's --mount syntax (repeatable)."),
         click.option("--device", "devices", multiple=True, metavar="HOST[:CONTAINER[:PERMS]]",
@@ -313,6 +314,7 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
         "ReadonlyRootfs": settings["read_only"],
         "Tmpfs": dict(item.partition(":")[::2] for item in settings["tmpfs"]),
         "Binds": [volume.bind(text) for text in settings["volumes"]],
+        "Pod": settings["pod"],
         "Devices": [_device(text) for text in settings["devices"]],
     }
     for text in settings["mounts"]:
@@ -394,6 +396,8 @@ def _create(client: Client, config: dict[str, Any], name: str | None, pull_polic
 PS_HEADERS = {"ID": "CONTAINER ID", "RunningFor": "CREATED", "CreatedAt": "CREATED AT"}
 """``table`` headers docker prints for these fields of ``hyper ps --format``."""
 PS_FILTERS = ("id", "name", "status", "ancestor", "label")
+POD_LABEL = "io.hyper.pod"
+"""The label hyperd gives each container of a pod: the pod's name."""
 
 
 @cli.command()
@@ -424,7 +428,10 @@ def ps(host: str, show_all: bool, quiet: bool, last: int, latest: bool, filters:
         for row in rows:
             click.echo(row["ID"])
         return
-    fmt = fmt or "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
+    # A POD column only when some container is in a pod: otherwise the output is docker's own.
+    pods = "\t{{.Pod}}" if any(row["Pod"] for row in rows) else ""
+    fmt = fmt or "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}" + pods + \
+        "\t{{.Names}}"
     for line in template.render(fmt, rows, PS_HEADERS):
         click.echo(line)
 
@@ -450,6 +457,7 @@ def _container_rows(containers: list[dict[str, Any]], no_trunc: bool) -> list[di
             "State": c.get("State") or "",
             "Ports": network.port_text(c.get("Ports") or []),
             "Names": ",".join(name.lstrip("/") for name in c.get("Names") or ()),
+            "Pod": str((c.get("Labels") or {}).get(POD_LABEL) or ""),
         })
     return rows
 
@@ -807,6 +815,7 @@ for _command in images.TOP_LEVEL:
 cli.add_command(network.port)
 cli.add_command(network.network)
 cli.add_command(volume.volume)
+cli.add_command(pod.pod)
 cli.add_command(events.events)
 cli.add_command(stats.top)
 cli.add_command(stats.stats)

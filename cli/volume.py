@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from cli import output
-from cli.common import connect, each, inspect_each
+from cli.common import connect, each, inspect_each, then_echo
 from cli.errors import HyperError
 
 TRUE = {"", "1", "true"}
@@ -115,12 +115,7 @@ def inspect(host: str, fmt: str | None, names: tuple[str, ...]) -> None:
 def rm(host: str, force: bool, names: tuple[str, ...]) -> None:
     """Remove volumes (not while a container names them)."""
     client = connect(host)
-
-    def remove(name: str) -> None:
-        client.remove_volume(name)
-        click.echo(name)
-
-    each(names, remove)
+    each(names, then_echo(client.remove_volume))
 
 
 @volume.command("prune")

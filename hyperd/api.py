@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from hyperd import __version__, errors, logs
-from hyperd.daemon import UNLIMITED, CreateRequest, Daemon
+from hyperd.daemon import UNLIMITED, Daemon
 from hyperd.events import FILTERS, Event
 from hyperd.guest import Input
 from hyperd.image import (
@@ -43,7 +43,8 @@ from hyperd.image.store import Image
 from hyperd.isolation import Device, Resources, Security
 from hyperd.network import Network, NetworkRequest, ports
 from hyperd.network.manager import Member
-from hyperd.state import Container, ContainerState, parse_signal, signal_name
+from hyperd.pod import PodRecord
+from hyperd.state import Container, ContainerState, CreateRequest, parse_signal, signal_name
 from hyperd.volumes import Mount, Volumes, parse_bind, parse_mount
 from hyperstart.protocol import VERSIONS
 
@@ -380,7 +381,7 @@ async def create_container(request: web.Request) -> web.Response:
         labels=_string_map(body, "Labels"), stop_signal=str(body.get("StopSignal") or ""), stop_timeout=timeout,
         ulimits=tuple(f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}" for u in ulimits),
         sysctls=_string_map(body, "Sysctls"), resources=_resources(body), security=_security(body),
-        devices=_devices(body), mounts=_mounts(body),
+        devices=_devices(body), mounts=_mounts(body), pod=_pod(body),
     ), request.query.get("name"))
     return web.json_response({"Id": container.id, "Warnings": []}, status=201)
 
@@ -417,6 +418,17 @@ def _devices(body: dict[str, Any]) -> tuple[Device, ...]:
         raise errors.InvalidArgument("Devices must be a list of objects")
     return tuple(Device.parse(f"{d.get('PathOnHost') or ''}:{d.get('PathInContainer') or ''}:"
                               f"{d.get('CgroupPermissions') or 'rwm'}") for d in devices)
+
+
+def _pod(body: dict[str, Any]) -> str:
+    """hyper's ``Pod`` (``run --pod``): a container added to a pod shares the network its VM booted with."""
+    pod = str(body.get("Pod") or "")
+    if pod and (body.get("PortBindings") or body.get("PublishAllPorts")):
+        raise errors.InvalidArgument("conflicting options: --pod and port publishing (a pod's ports are "
+                                     "published by its spec, when its VM boots)")
+    if pod and (body.get("NetworkMode") or body.get("NetworkingConfig")):
+        raise errors.InvalidArgument("conflicting options: --pod and --network (a container joins its pod's network)")
+    return pod
 
 
 def _mounts(body: dict[str, Any]) -> tuple[Mount, ...]:
@@ -1083,6 +1095,52 @@ async def prune_volumes(request: web.Request) -> web.Response:
     return web.json_response({"VolumesDeleted": removed, "SpaceReclaimed": freed})
 
 
+def _pod_summary(daemon: Daemon, record: PodRecord) -> dict[str, Any]:
+    sandbox = daemon.sandboxes.get(record.id)
+    return {"Id": record.id, "Name": record.name, "Created": _iso(record.created),
+            "Status": daemon.pod_status(record), "VMPid": sandbox.vm.pid if sandbox else 0,
+            "Containers": [{"Id": c.id, "Name": c.name, "State": str(c.state)} for c in daemon.pod_members(record)]}
+
+
+async def list_pods(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    records = sorted(daemon.pod_records.values(), key=lambda r: r.created, reverse=True)
+    return web.json_response([_pod_summary(daemon, r) for r in records])
+
+
+async def inspect_pod(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    record = daemon.get_pod(request.match_info["id"])
+    return web.json_response(_pod_summary(daemon, record) | {"Spec": record.spec})
+
+
+async def create_pod(request: web.Request) -> web.Response:
+    try:
+        spec = await request.json()
+    except ValueError as err:
+        raise errors.InvalidArgument(f"request body is not JSON: {err}") from err
+    record = await _daemon(request).create_pod(spec)
+    return web.json_response({"Id": record.id, "Containers": record.containers}, status=201)
+
+
+async def start_pod(request: web.Request) -> web.Response:
+    await _daemon(request).start_pod(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def stop_pod(request: web.Request) -> web.Response:
+    timeout = request.query.get("t")
+    if timeout is not None and not timeout.isdigit():
+        raise errors.InvalidArgument(f"invalid timeout {timeout!r}: a number of seconds")
+    await _daemon(request).stop_pod(request.match_info["id"], None if timeout is None else int(timeout))
+    return web.Response(status=204)
+
+
+async def remove_pod(request: web.Request) -> web.Response:
+    await _daemon(request).remove_pod(request.match_info["id"], force=_flag(request, "force"))
+    return web.Response(status=204)
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
@@ -1130,6 +1188,12 @@ def routes() -> list[web.RouteDef]:
         web.delete("/networks/{id}", remove_network),
         web.post("/networks/{id}/connect", connect_network),
         web.post("/networks/{id}/disconnect", disconnect_network),
+        web.get("/pods/json", list_pods),
+        web.post("/pods/create", create_pod),
+        web.get("/pods/{id}/json", inspect_pod),
+        web.post("/pods/{id}/start", start_pod),
+        web.post("/pods/{id}/stop", stop_pod),
+        web.delete("/pods/{id}", remove_pod),
         web.get("/volumes", list_volumes),
         web.post("/volumes/create", create_volume),
         web.post("/volumes/prune", prune_volumes),

@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -25,17 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from hyperd import errors, logs, storage
+from hyperd import pod as pod_spec
 from hyperd.config import Config
 from hyperd.events import Events
 from hyperd.guest import AgentClient, ExitEvent, Input, ProcessInfo, Stream
 from hyperd.image import registry
 from hyperd.image.reference import server_host
 from hyperd.image.store import Image, ImageStore
-from hyperd.isolation import Device, Resources, Security
+from hyperd.isolation import GUEST_OVERHEAD_MIB, Resources
 from hyperd.network import Endpoint, Network, NetworkRequest, ports
 from hyperd.network.manager import Attachment, Networks, Wiring
+from hyperd.pod import PodRecord
 from hyperd.restart import RestartPolicy, next_delay
-from hyperd.state import Container, ContainerSpec, ContainerState, Database, parse_signal
+from hyperd.state import Container, ContainerSpec, ContainerState, CreateRequest, Database, parse_signal
 from hyperd.vm import Disk, Share, VMSpec
 from hyperd.vm.qemu import Qemu, QemuVM, log_tail
 from hyperd.volumes import Mount, Volumes, prepare_bind
@@ -44,6 +47,8 @@ log = logging.getLogger("hyperd")
 
 CONSOLE_TAIL = 20
 MAX_PROCESS_SPEC = 128 << 10
+MAX_INJECTED = 128 << 10
+"""Bytes of the files a pod spec injects into one container: they travel in the start request (256 KiB at most)."""
 """Bytes of command and environment a container may have (the agent's messages are bounded)."""
 SUBSCRIBER_BACKLOG = 64
 """Output chunks a slow attach or logs client may lag behind before the container waits for it."""
@@ -56,48 +61,46 @@ NOUNS = ("babbage", "curie", "darwin", "euler", "fermat", "gauss", "hopper", "ke
 Subscriber = asyncio.Queue[tuple[int, bytes] | None]
 
 
-@dataclass(frozen=True)
-class CreateRequest:
-    """What ``docker create`` sends, before it is checked and resolved against the image."""
+@dataclass
+class Sandbox:
+    """A running VM: its hypervisor process, its agent and its network, shared by a pod's containers."""
 
-    image: str
-    cmd: list[str] | None = None
-    """None: the image's; [] clears it only with an explicit entrypoint."""
-    entrypoint: list[str] | None = None
-    env: list[str] = field(default_factory=list)
-    workdir: str = ""
-    user: str = ""
-    autoremove: bool = False
-    storage_opt: dict[str, str] = field(default_factory=dict)
-    network: NetworkRequest = field(default_factory=NetworkRequest)
-    tty: bool = False
-    open_stdin: bool = False
-    stdin_once: bool = False
-    restart: str = "no"
-    labels: dict[str, str] = field(default_factory=dict)
-    stop_signal: str = ""
-    stop_timeout: int | None = None
-    ulimits: tuple[str, ...] = ()
-    """``name=soft[:hard]``, as ``--ulimit`` takes them."""
-    sysctls: dict[str, str] = field(default_factory=dict)
-    resources: Resources = field(default_factory=Resources)
-    security: Security = field(default_factory=Security)
-    devices: tuple[Device, ...] = ()
-    mounts: tuple[Mount, ...] = ()
-    """``-v`` and ``--mount``, parsed; anonymous volumes are made at create."""
+    vm: QemuVM
+    client: AgentClient
+    network: Attachment
+    exits: dict[str, asyncio.Future[ExitEvent]]
+    """By container id: resolved when the agent reports the container's exit."""
+    attached: set[str] = field(default_factory=set)
+    """Serials of the disks and tags of the shares the VM has."""
+    members: set[str] = field(default_factory=set)
+    """The containers running in it; the VM goes when the last one has."""
+    pod: str = ""
+    """The id of the pod it runs, for a pod of several containers."""
+    shared: dict[str, bool] = field(default_factory=dict)
+    """The namespaces its containers share besides the network (a pod spec's ``share``)."""
 
 
 @dataclass
 class Pod:
-    """A running VM and the live state of the container in it."""
+    """A container running in a VM, and its live state."""
 
-    vm: QemuVM
-    client: AgentClient
+    sandbox: Sandbox
     exited: asyncio.Future[ExitEvent]
-    network: Attachment
     stopping: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     stdin: Input | None = None
+
+    @property
+    def vm(self) -> QemuVM:
+        return self.sandbox.vm
+
+    @property
+    def client(self) -> AgentClient:
+        return self.sandbox.client
+
+    @property
+    def network(self) -> Attachment:
+        return self.sandbox.network
 
 
 @dataclass
@@ -134,6 +137,10 @@ class Daemon:
         """Volume name -> the container whose pod has its disk (one pod at a time)."""
         self.containers: dict[str, Container] = {}
         self.pods: dict[str, Pod] = {}
+        """By container id: the running containers."""
+        self.sandboxes: dict[str, Sandbox] = {}
+        """By pod id: the VMs of running pods of several containers."""
+        self.pod_records: dict[str, PodRecord] = {}
         self.subscribers: dict[str, list[Subscriber]] = {}
         self.finished: dict[str, asyncio.Event] = {}
         self.removed: dict[str, asyncio.Event] = {}
@@ -153,6 +160,8 @@ class Daemon:
     def recover(self) -> None:
         """Load containers from disk; a container left running by a crashed daemon has exited."""
         self.volumes.reclaim()
+        for record in self.db.load_pods():
+            self.pod_records[record["id"]] = PodRecord(**record)
         for container in self.db.load():
             if container.state in (ContainerState.RUNNING, ContainerState.REMOVING):
                 _reclaim_vm(container)
@@ -244,10 +253,16 @@ class Daemon:
             raise errors.InvalidArgument("no command specified")
         if len(json.dumps([spec.args, spec.env, spec.workdir, spec.user])) > MAX_PROCESS_SPEC:
             raise errors.InvalidArgument(f"command and environment exceed {MAX_PROCESS_SPEC >> 10} KiB")
+        record = self.get_pod(request.pod) if request.pod else None
+        spec = replace(spec, files=_injected(request.files), pod=record.id if record else "",
+                       labels={**spec.labels, **({pod_spec.POD_LABEL: record.name} if record else {})})
         spec = replace(spec, mounts=self._create_mounts(request.mounts))
         container = Container(id=secrets.token_hex(32), name=name or self._generate_name(), spec=spec)
         self.db.save(container)
         self._track(container)
+        if record is not None:
+            record.containers.append(container.id)
+            self.db.save_pod(record.id, pod_spec.to_record(record))
         self._emit(container, "create")
         return container
 
@@ -400,12 +415,26 @@ class Daemon:
     # -- start --------------------------------------------------------------------------
 
     async def start(self, ref: str, by_policy: bool = False) -> Container:
-        """Start the container (a new VM); ``by_policy``: a restart its restart policy asked for."""
+        """Start the container (a new VM, or its pod's); ``by_policy``: a restart its restart policy asked for."""
         container = self.get(ref)
         if self.closing:
             raise errors.Conflict("hyperd is shutting down")
         if container.state == ContainerState.RUNNING:
             return container
+        if container.spec.pod and container.spec.pod not in self.sandboxes:
+            await self.start_pod(container.spec.pod, by_policy)
+            return container
+        mark = self._begin(container, by_policy)
+        try:
+            pod = await (self._join(container, mark) if container.spec.pod else self._boot(container, mark))
+        except BaseException as err:
+            await self._not_started(container, err)
+            raise
+        self._started(container, pod, mark)
+        return container
+
+    def _begin(self, container: Container, by_policy: bool) -> Callable[[str], None]:
+        """The container moves to running (its boot is under way); returns its timing marker."""
         if not by_policy:
             self._cancel_restart(container)
             container.restart_count = 0
@@ -422,17 +451,22 @@ class Daemon:
         def mark(phase: str) -> None:
             container.timings[phase] = round(time.monotonic() - begun, 4)
 
-        try:
-            pod = await self._boot(container, mark)
-        except BaseException as err:
-            container.state = ContainerState.CREATED
-            container.error = str(err).split("\n")[0]
-            if isinstance(err, errors.StartFailed):
-                container.exit_code = err.exit_code
-            self._finish(container)
-            if container.spec.autoremove:
-                await self._autoremove(container)
-            raise
+        return mark
+
+    async def _not_started(self, container: Container, err: BaseException) -> None:
+        container.state = ContainerState.CREATED
+        container.error = str(err).split("\n")[0]
+        if isinstance(err, errors.StartFailed):
+            container.exit_code = err.exit_code
+        self._finish(container)
+        if container.spec.autoremove:
+            await self._autoremove(container)
+
+    def _started(self, container: Container, pod: Pod, mark: Callable[[str], None]) -> None:
+        container.ports = [{"IP": p.host_ip, "PrivatePort": p.container_port, "PublicPort": p.host_port,
+                            "Type": p.protocol} for p in pod.network.published]
+        container.networks = pod.network.settings()
+        self.pods[container.id] = pod
         container.started = time.time()
         self.db.save(container)
         self.booted[container.id].set()
@@ -440,15 +474,21 @@ class Daemon:
         task = asyncio.create_task(self._supervise(container, pod, mark))
         self.supervisors.add(task)
         task.add_done_callback(self.supervisors.discard)
-        return container
 
     async def _boot(self, container: Container, mark: Callable[[str], None]) -> Pod:
-        """Boot the pod VM and start the container in it; on any failure nothing is left running."""
+        """Boot a VM of the container's own and start it there; on any failure nothing is left running."""
+        pods = await self._boot_sandbox([container], self._wiring(container), None, mark)
+        return pods[container.id]
+
+    async def _prepare(self, container: Container, disks: list[Disk], shares: list[Share]) -> dict[str, Any]:
+        """The disks and shares the container needs in its VM (added to ``disks`` and ``shares``, each
+        once), and its ``rootfs`` for the agent."""
         image = self.images.resolve(container.spec.image_id)
         disk = await asyncio.to_thread(self.images.disk, image)
         shutil.rmtree(self.container_dir(container) / "vm", ignore_errors=True)
-        serial = f"img{image.id.removeprefix('sha256:')[:16]}"
-        disks = [Disk(disk, serial)]
+        serial = _image_serial(image)
+        if all(d.serial != serial for d in disks):
+            disks.append(Disk(disk, serial))
         rootfs: dict[str, Any] = {"disk": serial, "fstype": "erofs"}
         if container.spec.storage_size:
             upper = self.container_dir(container) / "upper.ext4"
@@ -459,23 +499,8 @@ class Daemon:
         for index, device in enumerate(container.spec.devices):
             disks.append(Disk(Path(device.host), f"dev{index}{container.id[:12]}", readonly=not device.writable))
             rootfs.setdefault("devices", []).append({"disk": disks[-1].serial, "path": device.container})
-        self._claim_volumes(container)
-        try:
-            shares = await self._mounts(container, disks, rootfs)
-            attachment = await self.networks.attach(self._wiring(container))
-            try:
-                pod = await self._launch(container, attachment, disks, shares, rootfs, mark)
-            except BaseException:
-                await self._detach(attachment)
-                raise
-        except BaseException:
-            self._release_volumes(container)
-            raise
-        container.ports = [{"IP": p.host_ip, "PrivatePort": p.container_port, "PublicPort": p.host_port,
-                            "Type": p.protocol} for p in attachment.published]
-        container.networks = attachment.settings()
-        self.pods[container.id] = pod
-        return pod
+        rootfs["mounts"] = await self._mounts(container, disks, shares)
+        return rootfs
 
     def _claim_volumes(self, container: Container) -> None:
         names = [m.source for m in container.spec.mounts if m.type == "volume"]
@@ -493,10 +518,9 @@ class Daemon:
         for name in [name for name, holder in self.attached.items() if holder == container.id]:
             del self.attached[name]
 
-    async def _mounts(self, container: Container, disks: list[Disk], rootfs: dict[str, Any]) -> list[Share]:
+    async def _mounts(self, container: Container, disks: list[Disk], shares: list[Share]) -> list[dict[str, Any]]:
         """The container's volumes as disks and its bind mounts as shares, and how the guest mounts them."""
-        shares: list[Share] = []
-        entries = rootfs.setdefault("mounts", [])
+        entries: list[dict[str, Any]] = []
         for index, mount in enumerate(container.spec.mounts):
             entry: dict[str, Any] = {"target": mount.target, "readonly": mount.readonly}
             if mount.type == "volume":
@@ -508,40 +532,40 @@ class Daemon:
                 shares.append(Share(prepare_bind(mount), f"bind{index}{container.id[:12]}", mount.readonly))
                 entry["tag"] = shares[-1].tag
             entries.append(entry)
-        return shares
+        return entries
 
-    async def _launch(self, container: Container, attachment: Attachment, disks: list[Disk], shares: list[Share],
-                      rootfs: dict[str, Any], mark: Callable[[str], None]) -> Pod:
-        spec = VMSpec(
-            name=f"hyper-{container.id[:12]}", kernel=self.config.kernel, guest_disk=self.config.guest_disk,
-            workdir=self.container_dir(container) / "vm", disks=tuple(disks),
-            memory_mib=container.spec.resources.vm_memory_mib(self.config.memory_mib),
-            vcpus=container.spec.resources.vm_vcpus(),
-            nics=tuple(attachment.nics), shares=tuple(shares),
-        )
+    async def _boot_vm(self, name: str, workdir: Path, memory_mib: int, vcpus: int, attachment: Attachment,
+                       disks: list[Disk], shares: list[Share], containers: list[Container],
+                       mark: Callable[[str], None]) -> Sandbox:
+        """A VM booted to a ready, initialised agent with its network configured; nothing left if it fails."""
+        spec = VMSpec(name=name, kernel=self.config.kernel, guest_disk=self.config.guest_disk, workdir=workdir,
+                      disks=tuple(disks), memory_mib=memory_mib, vcpus=vcpus, nics=tuple(attachment.nics),
+                      shares=tuple(shares))
         vm = await self.hypervisor.launch(spec)
         mark("vm_spawned")
         # Recorded at once: if hyperd dies mid-boot, its next start finds and ends this VM.
-        container.vm_pid = vm.pid
-        self.db.save(container)
-        exited: asyncio.Future[ExitEvent] = asyncio.get_running_loop().create_future()
+        for container in containers:
+            container.vm_pid = vm.pid
+            self.db.save(container)
+        exits: dict[str, asyncio.Future[ExitEvent]] = {}
 
         def on_exit(event: ExitEvent) -> None:
             if event.process:
                 self._exec_exited(event)
-            elif event.container == container.id and not exited.done():
+            elif (exited := exits.get(event.container)) is not None and not exited.done():
                 exited.set_result(event)
 
-        client = AgentClient(vm.agent, on_exit)
-        pod = Pod(vm, client, exited, attachment)
+        sandbox = Sandbox(vm, AgentClient(vm.agent, on_exit), attachment, exits,
+                          attached={d.serial for d in disks} | {s.tag for s in shares})
         try:
-            await client.start()
-            await self._await_ready(pod, spec)
+            await sandbox.client.start()
+            await self._await_ready(sandbox, spec)
             mark("agent_ready")
-            info = client.info
+            info = sandbox.client.info
             assert info is not None
-            container.timings["init_started"] = round(container.timings["agent_ready"] - info.agent_startup, 4)
-            await client.request("init", {
+            for container in containers:
+                container.timings["init_started"] = round(container.timings["agent_ready"] - info.agent_startup, 4)
+            await sandbox.client.request("init", {
                 "version": info.version, "capabilities": sorted(info.capabilities),
                 "time": time.time(), "entropy": base64.b64encode(os.urandom(64)).decode(),
             })
@@ -549,42 +573,80 @@ class Daemon:
                 if "network" not in info.capabilities:
                     raise errors.GuestError("the guest agent cannot configure networks (a guest disk older than "
                                             "this hyperd): run with --network none, or update the guest disk")
-                await client.request("network.configure", {"interfaces": attachment.interfaces})
-            wanted = {"stdin"} if container.spec.open_stdin else set()
-            wanted |= {"tty"} if container.spec.tty else set()
-            wanted |= {"seccomp", "limits"}  # never run a container less confined than it asked
-            if not wanted <= info.capabilities:
-                raise errors.GuestError(f"the guest agent cannot give a container {' or '.join(sorted(wanted))} "
-                                        "(a guest disk older than this hyperd): update the guest disk")
-            pod.stdin = client.open_input() if container.spec.open_stdin else None
-            stdout = client.open_stream()
-            stderr = None if container.spec.tty else client.open_stream()
+                await sandbox.client.request("network.configure", {"interfaces": attachment.interfaces})
+        except BaseException:
+            await self._teardown(sandbox)
+            raise
+        return sandbox
+
+    async def _start_in(self, sandbox: Sandbox, container: Container, rootfs: dict[str, Any],
+                        mark: Callable[[str], None]) -> Pod:
+        """Start the container in a booted VM; its output streams are pumped into its log."""
+        info = sandbox.client.info
+        assert info is not None
+        spec = container.spec
+        wanted = {"stdin"} if spec.open_stdin else set()
+        wanted |= {"tty"} if spec.tty else set()
+        wanted |= {"seccomp", "limits"}  # never run a container less confined than it asked
+        if not wanted <= info.capabilities:
+            raise errors.GuestError(f"the guest agent cannot give a container {' or '.join(sorted(wanted))} "
+                                    "(a guest disk older than this hyperd): update the guest disk")
+        exited: asyncio.Future[ExitEvent] = asyncio.get_running_loop().create_future()
+        sandbox.exits[container.id] = exited
+        pod = Pod(sandbox, exited)
+        try:
+            pod.stdin = sandbox.client.open_input() if spec.open_stdin else None
+            stdout = sandbox.client.open_stream()
+            stderr = None if spec.tty else sandbox.client.open_stream()
             pod.tasks = [asyncio.create_task(self._pump(container, 1, stdout))]
             if stderr is not None:
                 pod.tasks.append(asyncio.create_task(self._pump(container, 2, stderr)))
-            await client.request("container.start", {
+            await sandbox.client.request("container.start", {
                 "id": container.id,
                 "rootfs": rootfs,
-                "hostname": container.spec.hostname or container.id[:12],
-                "files": attachment.files,
-                "process": _process(container.spec, container.spec.args, container.spec.env,
-                                    container.spec.workdir, container.spec.user),
-                "limits": container.spec.resources.agent_limits(),
-                "security": container.spec.security.agent_security(),
-                "tmpfs": container.spec.security.tmpfs,
-                **({"sysctls": container.spec.sysctls} if container.spec.sysctls else {}),
-                "stdout": stdout.id, "tty": container.spec.tty,
+                "hostname": spec.hostname or container.id[:12],
+                "files": sandbox.network.files,
+                **({"inject": [{"path": path, "content": content, "mode": mode}
+                               for path, content, mode in spec.files]} if spec.files else {}),
+                "process": _process(spec, spec.args, spec.env, spec.workdir, spec.user),
+                "limits": spec.resources.agent_limits(),
+                "security": spec.security.agent_security(),
+                "tmpfs": spec.security.tmpfs,
+                **({"sysctls": spec.sysctls} if spec.sysctls else {}),
+                **({"share": sandbox.shared} if sandbox.shared else {}),
+                "stdout": stdout.id, "tty": spec.tty,
                 **({"stderr": stderr.id} if stderr is not None else {}),
                 **({"stdin": pod.stdin.id} if pod.stdin is not None else {}),
             })
             mark("container_started")
-            await self.networks.serve(attachment)
         except BaseException:
-            await self._teardown(pod)
+            sandbox.exits.pop(container.id, None)
             for task in pod.tasks:
                 task.cancel()
             raise
+        sandbox.members.add(container.id)
         return pod
+
+    async def _join(self, container: Container, mark: Callable[[str], None]) -> Pod:
+        """Start a container of a running pod in the pod's VM, which must have every disk and share it needs."""
+        sandbox = self.sandboxes[container.spec.pod]
+        self._claim_volumes(container)
+        try:
+            disks: list[Disk] = []
+            shares: list[Share] = []
+            rootfs = await self._prepare(container, disks, shares)
+            if ({d.serial for d in disks} | {s.tag for s in shares}) - sandbox.attached:
+                raise errors.StateError(
+                    f"cannot start {container.name} in its running pod: its image, volumes, bind mounts, devices "
+                    "or --storage-opt need a disk or share the pod's VM does not have and cannot take while it runs "
+                    "(no hotplug): use an image of the pod's other containers, or add the container to the pod spec")
+            mark("vm_spawned")
+            mark("agent_ready")
+            container.vm_pid = sandbox.vm.pid
+            return await self._start_in(sandbox, container, rootfs, mark)
+        except BaseException:
+            self._release_volumes(container)
+            raise
 
     async def _detach(self, attachment: Attachment) -> None:
         """Give back a pod's network; a failure here is logged, never raised into the pod's end."""
@@ -593,9 +655,9 @@ class Daemon:
         except errors.HyperError as err:
             log.warning("%s", err)
 
-    async def _await_ready(self, pod: Pod, spec: VMSpec) -> None:
-        ready = asyncio.ensure_future(pod.client.ready())
-        died = asyncio.ensure_future(pod.vm.child.wait())
+    async def _await_ready(self, sandbox: Sandbox, spec: VMSpec) -> None:
+        ready = asyncio.ensure_future(sandbox.client.ready())
+        died = asyncio.ensure_future(sandbox.vm.child.wait())
         try:
             done, _ = await asyncio.wait({ready, died}, timeout=self.config.boot_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -607,15 +669,15 @@ class Daemon:
         if ready in done:
             # The channel closing is usually QEMU going: give it a moment to say so.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(pod.vm.child.wait()), 1.0)
-        if pod.vm.child.returncode is not None:
-            reason = f"the VM exited with status {pod.vm.child.returncode} before its agent was ready"
+                await asyncio.wait_for(asyncio.shield(sandbox.vm.child.wait()), 1.0)
+        if sandbox.vm.child.returncode is not None:
+            reason = f"the VM exited with status {sandbox.vm.child.returncode} before its agent was ready"
         elif ready in done:
             reason = f"the guest agent failed: {ready.exception()}"
         else:
             reason = f"the guest agent did not answer within {self.config.boot_timeout:.0f}s"
         console = log_tail(spec.console_log, CONSOLE_TAIL) or log_tail(spec.workdir / "qemu.log", CONSOLE_TAIL)
-        raise errors.BootFailed(f"guest boot failed: {reason}", console, pod.vm.child.argv)
+        raise errors.BootFailed(f"guest boot failed: {reason}", console, sandbox.vm.child.argv)
 
     async def export(self, ref: str) -> AsyncIterator[bytes]:
         """A tar of a running container's root filesystem: its image with its changes, streamed from the guest."""
@@ -659,9 +721,10 @@ class Daemon:
             log.close()
 
     async def _supervise(self, container: Container, pod: Pod, mark: Callable[[str], None]) -> None:
-        died = asyncio.ensure_future(pod.vm.child.wait())
+        sandbox = pod.sandbox
+        died = asyncio.ensure_future(sandbox.vm.child.wait())
         try:
-            waiters: set[asyncio.Future[Any]] = {pod.exited, died, pod.client.closed}
+            waiters: set[asyncio.Future[Any]] = {pod.exited, died, sandbox.client.closed}
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if pod.exited.done():
                 container.exit_code = pod.exited.result().status
@@ -676,16 +739,24 @@ class Daemon:
                 # The agent's channel closing is usually QEMU going: let it say how, killed or not.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(died), 1.0)
-                container.exit_code = 137 if pod.vm.child.returncode in (-9, -15) else 255
-                container.error = (pod.client.error and str(pod.client.error)) or "the pod's VM exited unexpectedly"
+                container.exit_code = 137 if sandbox.vm.child.returncode in (-9, -15) else 255
+                container.error = (sandbox.client.error and str(sandbox.client.error)) or \
+                    "the pod's VM exited unexpectedly"
             mark("exited")
-            await self._teardown(pod)
-            mark("vm_gone")
+            sandbox.members.discard(container.id)
+            if not sandbox.members:  # the last container out ends the VM
+                await self._teardown(sandbox)
+                mark("vm_gone")
         finally:
             died.cancel()
             for task in pod.tasks:
                 task.cancel()
-            await self._detach(pod.network)
+            sandbox.members.discard(container.id)
+            sandbox.exits.pop(container.id, None)
+            if not sandbox.members:
+                await self._detach(sandbox.network)
+                if self.sandboxes.get(sandbox.pod) is sandbox:
+                    del self.sandboxes[sandbox.pod]
             container.ports, container.networks, container.paused = [], {}, False
             self.booted[container.id].clear()
             for ex in self.execs.values():
@@ -762,16 +833,17 @@ class Daemon:
         self.next_exit[container.id].set_result(None)
         self.next_exit[container.id] = asyncio.get_running_loop().create_future()
 
-    async def _teardown(self, pod: Pod) -> None:
+    async def _teardown(self, sandbox: Sandbox) -> None:
         """Ask the agent to power off; QMP quit or SIGKILL when it does not."""
         # Only an agent that came up can be asked to shut down; otherwise go straight to QEMU.
-        if pod.vm.child.returncode is None and pod.client.error is None and pod.client.info is not None:
+        vm, client = sandbox.vm, sandbox.client
+        if vm.child.returncode is None and client.error is None and client.info is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(pod.client.request("shutdown"), SHUTDOWN_TIMEOUT)
+                await asyncio.wait_for(client.request("shutdown"), SHUTDOWN_TIMEOUT)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(pod.vm.child.wait()), SHUTDOWN_TIMEOUT)
-        await pod.vm.kill()
-        await pod.client.close()
+                await asyncio.wait_for(asyncio.shield(vm.child.wait()), SHUTDOWN_TIMEOUT)
+        await vm.kill()
+        await client.close()
 
     # -- signals, stop, wait, remove ----------------------------------------------------
 
@@ -922,6 +994,11 @@ class Daemon:
         await asyncio.to_thread(shutil.rmtree, self.container_dir(container), True)
         self.db.delete(container.id)
         del self.containers[container.id]
+        record = self.pod_records.get(container.spec.pod)
+        if record is not None and container.id in record.containers:
+            record.containers.remove(container.id)
+            with contextlib.suppress(errors.StorageError):
+                self.db.save_pod(record.id, pod_spec.to_record(record))
         self._emit(container, "destroy")
         for exec_id in [e.id for e in self.execs.values() if e.container is container]:
             del self.execs[exec_id]
@@ -929,6 +1006,145 @@ class Daemon:
         for mount in container.spec.mounts if volumes else ():
             if mount.anonymous and not self.volume_users(mount.source):
                 await asyncio.to_thread(self.volumes.remove, mount.source)
+
+    # -- pods -----------------------------------------------------------------------------
+
+    def get_pod(self, ref: str) -> PodRecord:
+        if ref in self.pod_records:
+            return self.pod_records[ref]
+        found = [p for p in self.pod_records.values() if p.name == ref or p.id.startswith(ref)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise errors.InvalidArgument(f"multiple pods match {ref}")
+        raise errors.NotFound(f"No such pod: {ref}")
+
+    def pod_members(self, record: PodRecord) -> list[Container]:
+        return [self.containers[cid] for cid in record.containers if cid in self.containers]
+
+    def pod_status(self, record: PodRecord) -> str:
+        states = {c.state for c in self.pod_members(record)}
+        if record.id in self.sandboxes:
+            return "running"
+        return "exited" if ContainerState.EXITED in states else "created"
+
+    async def create_pod(self, spec: Any) -> PodRecord:
+        """``hyper pod create``: the pod's containers, all created or none."""
+        record = pod_spec.new_record(pod_spec.validate(spec))
+        if any(p.name == record.name for p in self.pod_records.values()):
+            raise errors.Conflict(f'the pod name "{record.name}" is already in use')
+        requests = pod_spec.requests(record)
+        for name, request in requests:
+            self.images.resolve(request.image)  # every image first: a missing one leaves nothing behind
+            if any(c.name == name for c in self.containers.values()):
+                raise errors.Conflict(f'the container name "/{name}" is already in use')
+        self.pod_records[record.id] = record
+        try:
+            for name, request in requests:
+                self.create(request, name)
+        except BaseException:
+            for cid in list(record.containers):
+                await self._remove(self.containers[cid], volumes=True)
+            del self.pod_records[record.id]
+            with contextlib.suppress(errors.StorageError):
+                self.db.delete_pod(record.id)
+            raise
+        return record
+
+    async def start_pod(self, ref: str, by_policy: bool = False) -> PodRecord:
+        """Boot the pod's VM with every container that is not running; all start, or none does."""
+        record = self.get_pod(ref)
+        if self.closing:
+            raise errors.Conflict("hyperd is shutting down")
+        members = self.pod_members(record)
+        if not members:
+            raise errors.StateError(f"pod {record.name} has no containers")
+        if record.id in self.sandboxes:
+            for container in members:
+                if container.state != ContainerState.RUNNING:
+                    await self.start(container.id, by_policy)
+            return record
+        starting = [c for c in members if c.state != ContainerState.RUNNING]
+        marks = {c.id: self._begin(c, by_policy) for c in starting}
+
+        def mark(phase: str) -> None:
+            for each in marks.values():
+                each(phase)
+
+        try:
+            pods = await self._boot_sandbox(starting, self._pod_wiring(record, starting), record, mark)
+        except BaseException as err:
+            for container in starting:
+                await self._not_started(container, err)
+            raise
+        for container in starting:
+            self._started(container, pods[container.id], marks[container.id])
+        return record
+
+    async def _boot_sandbox(self, members: list[Container], wiring: Wiring, record: PodRecord | None,
+                            mark: Callable[[str], None]) -> dict[str, Pod]:
+        """Boot a VM for ``members`` (the containers of ``record``, or one container of its own) and start
+        them in it; all start, or nothing is left running."""
+        claimed: list[Container] = []
+        try:
+            disks: list[Disk] = []
+            shares: list[Share] = []
+            roots = {}
+            for container in members:
+                self._claim_volumes(container)
+                claimed.append(container)
+                roots[container.id] = await self._prepare(container, disks, shares)
+            attachment = await self.networks.attach(wiring)
+            try:
+                if record is None:
+                    (single,) = members
+                    name, workdir = f"hyper-{single.id[:12]}", self.container_dir(single) / "vm"
+                    memory = single.spec.resources.vm_memory_mib(self.config.memory_mib)
+                else:
+                    name, workdir = f"hyper-pod-{record.id[:12]}", self.config.root / "pods" / record.id
+                    memory = record.memory_mib or max(self.config.memory_mib, GUEST_OVERHEAD_MIB + sum(
+                        math.ceil(c.spec.resources.memory / (1 << 20)) for c in members))
+                vcpus = (record and record.vcpus) or max(c.spec.resources.vm_vcpus() for c in members)
+                sandbox = await self._boot_vm(name, workdir, memory, vcpus, attachment, disks, shares, members, mark)
+                if record is not None:
+                    sandbox.pod, sandbox.shared = record.id, record.shares
+                try:
+                    pods = {c.id: await self._start_in(sandbox, c, roots[c.id], mark) for c in members}
+                    await self.networks.serve(attachment)
+                except BaseException:
+                    await self._teardown(sandbox)
+                    raise
+            except BaseException:
+                await self._detach(attachment)
+                raise
+        except BaseException:
+            for container in claimed:
+                self._release_volumes(container)
+            raise
+        if record is not None:
+            self.sandboxes[record.id] = sandbox
+        return pods
+
+    def _pod_wiring(self, record: PodRecord, members: list[Container]) -> Wiring:
+        """The network of a pod: the first container's settings, every container's ports and names."""
+        first = members[0].spec
+        return Wiring(members[0].id, (record.name, *(c.name for c in members), *(c.id[:12] for c in members)),
+                      first.network_mode, first.endpoints, tuple(p for c in members for p in c.spec.ports),
+                      first.hostname, first.dns, first.dns_search, first.dns_options, first.extra_hosts)
+
+    async def stop_pod(self, ref: str, timeout: float | None) -> None:
+        record = self.get_pod(ref)
+        await asyncio.gather(*(self.stop(c.id, timeout) for c in self.pod_members(record)))
+
+    async def remove_pod(self, ref: str, force: bool) -> None:
+        """``hyper pod rm [-f]``: the pod's containers (killed first with ``force``) and its record."""
+        record = self.get_pod(ref)
+        if record.id in self.sandboxes and not force:
+            raise errors.Conflict(f"cannot remove running pod {record.name}: stop it first or use rm -f")
+        await asyncio.gather(*(self.remove(c.id, force=True, volumes=True) for c in self.pod_members(record)))
+        self.db.delete_pod(record.id)
+        self.pod_records.pop(record.id, None)
+        shutil.rmtree(self.config.root / "pods" / record.id, ignore_errors=True)
 
     # -- volumes --------------------------------------------------------------------------
 
@@ -1250,6 +1466,25 @@ def _tree_size(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(directory, name)).st_blocks * 512
     return total
+
+
+def _injected(files: tuple[tuple[str, str, int], ...]) -> tuple[tuple[str, str, int], ...]:
+    """Files to inject into a container, checked: absolute paths, bounded contents, file modes."""
+    total = 0
+    for path, content, mode in files:
+        if not path.startswith("/") or "\0" in path or os.path.normpath(path) == "/":
+            raise errors.InvalidArgument(f"invalid path {path!r} for an injected file: an absolute file path")
+        if not 0 <= mode <= 0o777:
+            raise errors.InvalidArgument(f"invalid mode {mode:o} for {path}")
+        total += len(content.encode())
+    if total > MAX_INJECTED:
+        raise errors.InvalidArgument(f"injected files exceed {MAX_INJECTED >> 10} KiB")
+    return tuple((os.path.normpath(path), content, mode) for path, content, mode in files)
+
+
+def _image_serial(image: Image) -> str:
+    """The serial the guest finds an image's disk by."""
+    return f"img{image.id.removeprefix('sha256:')[:16]}"
 
 
 def _close_stream(queue: Subscriber) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from hyperd.errors import InvalidArgument, StateError, StorageError
 from hyperd.isolation import Device, Resources, Security
-from hyperd.network import Endpoint
+from hyperd.network import Endpoint, NetworkRequest
 from hyperd.network.ports import PortBinding
 from hyperd.restart import Policy, RestartPolicy
 from hyperd.volumes import Mount
@@ -85,6 +85,45 @@ class ContainerSpec:
     devices: tuple[Device, ...] = ()
     mounts: tuple[Mount, ...] = ()
     """Volumes (by name) and bind mounts (host directories)."""
+    files: tuple[tuple[str, str, int], ...] = ()
+    """(path, content, mode) of files injected read-only (a pod spec's ``files``)."""
+    pod: str = ""
+    """The id of the pod the container belongs to; empty for a pod of its own."""
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """What ``docker create`` sends, before it is checked and resolved against the image."""
+
+    image: str
+    cmd: list[str] | None = None
+    """None: the image's; [] clears it only with an explicit entrypoint."""
+    entrypoint: list[str] | None = None
+    env: list[str] = field(default_factory=list)
+    workdir: str = ""
+    user: str = ""
+    autoremove: bool = False
+    storage_opt: dict[str, str] = field(default_factory=dict)
+    network: NetworkRequest = field(default_factory=NetworkRequest)
+    tty: bool = False
+    open_stdin: bool = False
+    stdin_once: bool = False
+    restart: str = "no"
+    labels: dict[str, str] = field(default_factory=dict)
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+    ulimits: tuple[str, ...] = ()
+    """``name=soft[:hard]``, as ``--ulimit`` takes them."""
+    sysctls: dict[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    security: Security = field(default_factory=Security)
+    devices: tuple[Device, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    """``-v`` and ``--mount``, parsed; anonymous volumes are made at create."""
+    files: tuple[tuple[str, str, int], ...] = ()
+    """(path, content, mode) of files injected read-only (a pod spec's ``files``)."""
+    pod: str = ""
+    """The id of the pod the container belongs to; empty for a pod of its own."""
 
 
 def parse_signal(name: str) -> int:
@@ -165,6 +204,7 @@ class Database:
             "CREATE TABLE IF NOT EXISTS containers (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, "
             "record TEXT NOT NULL)"
         )
+        self._db.execute("CREATE TABLE IF NOT EXISTS pods (id TEXT PRIMARY KEY, record TEXT NOT NULL)")
 
     def save(self, container: Container) -> None:
         record = asdict(container)
@@ -190,6 +230,22 @@ class Database:
         rows = self._db.execute("SELECT record FROM containers").fetchall()
         return [_from_record(json.loads(row[0])) for row in rows]
 
+    def save_pod(self, pod_id: str, record: dict[str, Any]) -> None:
+        try:
+            self._db.execute("INSERT INTO pods (id, record) VALUES (?, ?) "
+                             "ON CONFLICT(id) DO UPDATE SET record = excluded.record", (pod_id, json.dumps(record)))
+        except sqlite3.Error as err:
+            raise StorageError(f"cannot record pod {record.get('name', pod_id)}: {err}") from err
+
+    def delete_pod(self, pod_id: str) -> None:
+        try:
+            self._db.execute("DELETE FROM pods WHERE id = ?", (pod_id,))
+        except sqlite3.Error as err:
+            raise StorageError(f"cannot forget pod {pod_id[:12]}: {err}") from err
+
+    def load_pods(self) -> list[dict[str, Any]]:
+        return [json.loads(row[0]) for row in self._db.execute("SELECT record FROM pods").fetchall()]
+
     def close(self) -> None:
         self._db.close()
 
@@ -205,6 +261,7 @@ def _from_record(record: dict[str, Any]) -> Container:
     spec["resources"] = Resources(**spec.get("resources", {}))
     spec["devices"] = tuple(Device(**d) for d in spec.get("devices", ()))
     spec["mounts"] = tuple(Mount(**m) for m in spec.get("mounts", ()))
+    spec["files"] = tuple(tuple(f) for f in spec.get("files", ()))
     security = spec.get("security", {})
     spec["security"] = Security(**{**security, "cap_add": tuple(security.get("cap_add", ())),
                                    "cap_drop": tuple(security.get("cap_drop", ()))})

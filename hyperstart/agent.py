@@ -239,6 +239,8 @@ class Agent:
         self.capabilities: set[str] = set()
         self.images = container.Images()
         self.containers: dict[str, container.Container] = {}
+        self.shared: container.Shared | None = None
+        """The namespaces the pod's containers share, made for the first container that asks."""
         self.processes: dict[int, Process] = {}
         self.exports: dict[int, Export] = {}
         self.outputs: dict[int, Output] = {}
@@ -489,6 +491,10 @@ class Agent:
         box.read_only = bool(security.get("read_only"))
         box.tmpfs = {str(k): str(v) for k, v in (args.get("tmpfs") or {}).items()}
         box.devices = [(str(d["disk"]), str(d["path"])) for d in rootfs.get("devices", [])]
+        share = args.get("share") or {}
+        if (share.get("pid") or share.get("ipc")) and self.shared is None:
+            self.shared = container.Shared(bool(share.get("pid")), bool(share.get("ipc")))
+        box.shared = self.shared if share.get("pid") or share.get("ipc") else None
         self.containers[cid] = box
         try:
             volumes.attach(box, list(rootfs.get("mounts") or []))
@@ -505,7 +511,7 @@ class Agent:
             raise
 
         def spawn(errors: int) -> int:
-            container.stage_files(box, args.get("files") or {})
+            container.stage_files(box, args.get("files") or {}, list(args.get("inject") or ()))
             box.pid = container.spawn(box, spec, stdio.child, errors, stdio.terminal >= 0,
                                       {str(k): str(v) for k, v in (args.get("sysctls") or {}).items()})
             return box.pid

@@ -84,8 +84,8 @@ class Container:
         self.root = root
         self.hostname = hostname
         self.mounts = mounts
-        self.files: list[tuple[str, str]] = []
-        """(path in the container, staged file in the VM) to bind over the image's."""
+        self.files: list[tuple[str, str, bool]] = []
+        """(path in the container, staged file in the VM, read-only) to bind over the image's."""
         self.cgroup = ""
         self.privileged = False
         self.read_only = False
@@ -93,9 +93,48 @@ class Container:
         """Path in the container -> tmpfs mount options."""
         self.devices: list[tuple[str, str]] = []
         """(disk serial, path in the container's /dev) of the host devices given with --device."""
+        self.shared: Shared | None = None
+        """The PID and IPC namespaces of its pod, when the pod's containers share them."""
         self.volumes: list[tuple[str, str, bool]] = []
         """(path in the container, its mount in the VM, read-only) of its volumes and bind mounts."""
         self.pid = 0
+
+
+class Shared:
+    """The PID and IPC namespaces a pod's containers share, held by a process of their own: PID 1
+    of the shared PID namespace (as a pause container is), which reaps every container's orphans."""
+
+    def __init__(self, pid: bool, ipc: bool) -> None:
+        ready, told = os.pipe2(os.O_CLOEXEC)
+        self.holder = _fork_into(lambda: syscalls.unshare(syscalls.CLONE_NEWPID) if pid else None)
+        if self.holder == 0:
+            _hold(told, ipc)
+        os.close(told)
+        try:
+            os.read(ready, 1)  # its namespaces are made
+        finally:
+            os.close(ready)
+        self.pid_fd = os.open(f"/proc/{self.holder}/ns/pid", os.O_RDONLY | os.O_CLOEXEC) if pid else -1
+        self.ipc_fd = os.open(f"/proc/{self.holder}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC) if ipc else -1
+
+
+def _hold(told: int, ipc: bool) -> NoReturn:
+    try:
+        signal.set_wakeup_fd(-1)
+        for number in FORWARDED:
+            signal.signal(number, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # so that pause() wakes to reap
+        if ipc:
+            syscalls.unshare(syscalls.CLONE_NEWIPC)
+        os.write(told, b".")
+        os.closerange(0, os.sysconf("SC_OPEN_MAX"))
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                signal.pause()
+    finally:
+        os._exit(255)
 
 
 def disk_by_serial(serial: str) -> str:
@@ -168,8 +207,9 @@ def open_terminal(container: Container) -> tuple[int, int]:
     return master, slave
 
 
-def stage_files(container: Container, files: dict[str, str]) -> None:
-    """Write hyperd's /etc/hosts, resolv.conf and hostname for the container, to be bound in at its start."""
+def stage_files(container: Container, files: dict[str, str], inject: list[dict[str, object]]) -> None:
+    """Write hyperd's /etc/hosts, resolv.conf and hostname for the container, and the files a pod
+    spec injects (read-only), to be bound in at its start."""
     staged = f"{RUN}/containers/{container.id}/files"
     os.makedirs(staged, exist_ok=True)
     for path, content in files.items():
@@ -178,18 +218,33 @@ def stage_files(container: Container, files: dict[str, str]) -> None:
         source = f"{staged}/{os.path.basename(path)}"
         with open(source, "w") as f:
             f.write(str(content))
-        container.files.append((path, source))
+        container.files.append((path, source, False))
+    for index, entry in enumerate(inject):
+        path = str(entry["path"])
+        if not path.startswith("/") or "\0" in path:
+            raise StartError(125, f"invalid path {path!r} for an injected file")
+        source = f"{staged}/injected-{index}"
+        with open(source, "w") as f:
+            f.write(str(entry["content"]))
+        os.chmod(source, int(str(entry.get("mode", 0o644))) & 0o777)
+        container.files.append((path, source, True))
 
 
-def _bind_files(detached: list[tuple[str, int]]) -> None:
-    """Attach the staged files over the image's once inside the container's root, so that a path
-    the image made a symlink resolves within the container, never into the VM."""
-    for path, fd in detached:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if not os.path.exists(path):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+def _attach(detached: list[tuple[str, int, bool]], directories: bool) -> None:
+    """Attach detached mounts (volumes, or staged files over the image's) once inside the
+    container's root, so that a path the image made a symlink resolves within the container,
+    never into the VM."""
+    for path, fd, readonly in detached:
+        if directories:
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if not os.path.exists(path):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         syscalls.move_mount(fd, path)
         os.close(fd)
+        if readonly:
+            syscalls.mount("", path, None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
 
 
 def release(container: Container) -> None:
@@ -226,7 +281,7 @@ def _populate_dev(root: str, pts: str, devices: list[tuple[str, str]]) -> None:
 def _enter_root(container: Container) -> None:
     """In the container's fresh mount namespace: its /proc, /sys, /dev, then pivot_root, then its files."""
     root = container.root
-    detached = [(path, syscalls.open_tree(source)) for path, source in container.files]
+    detached = [(path, syscalls.open_tree(source), readonly) for path, source, readonly in container.files]
     # Parents first, so that a volume inside another one lands on it, not under it.
     volumes = [(path, syscalls.open_tree(source), readonly) for path, source, readonly
                in sorted(container.volumes, key=lambda volume: volume[0].rstrip("/").count("/"))]
@@ -240,18 +295,8 @@ def _enter_root(container: Container) -> None:
     syscalls.pivot_root(".", ".")
     syscalls.umount(".", syscalls.MNT_DETACH)
     os.chdir("/")
-    _bind_volumes(volumes)
-    _bind_files(detached)
-
-
-def _bind_volumes(volumes: list[tuple[str, int, bool]]) -> None:
-    """Attach each volume and bind mount at its path inside the container's root."""
-    for path, fd, readonly in volumes:
-        os.makedirs(path, exist_ok=True)
-        syscalls.move_mount(fd, path)
-        os.close(fd)
-        if readonly:
-            syscalls.mount("", path, None, syscalls.MS_BIND | syscalls.MS_REMOUNT | syscalls.MS_RDONLY)
+    _attach(volumes, directories=True)
+    _attach(detached, directories=False)
 
 
 def _lookup(path: str, name: str, field_index: int) -> tuple[str, ...] | None:
@@ -360,7 +405,11 @@ def spawn(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
     on which a failed start writes one JSON line.  Returns the reaper's pid (as seen by the
     agent).
     """
-    pid = _fork_into(lambda: syscalls.unshare(syscalls.CLONE_NEWPID))
+    shared = container.shared
+    if shared is not None and shared.pid_fd >= 0:
+        pid = _fork_into(lambda: syscalls.setns(shared.pid_fd, syscalls.CLONE_NEWPID))
+    else:
+        pid = _fork_into(lambda: syscalls.unshare(syscalls.CLONE_NEWPID))
     if pid:
         return pid
     # The child: PID 1 of a new PID namespace.  Nothing here may return to the agent.
@@ -370,7 +419,12 @@ def spawn(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
 def _reaper(container: Container, spec: ProcessSpec, stdio: list[int], tty: bool,
             sysctls: dict[str, str] | None) -> None:
     """The container's PID 1: its namespaces and root, its command forked, then reaping."""
-    syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC)
+    shared = container.shared
+    if shared is not None and shared.ipc_fd >= 0:
+        syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS)
+        syscalls.setns(shared.ipc_fd, syscalls.CLONE_NEWIPC)
+    else:
+        syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC)
     _enter_root(container)
     socket.sethostname(container.hostname)
     for key, value in (sysctls or {}).items():

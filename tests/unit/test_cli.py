@@ -233,6 +233,8 @@ def test_run_detached_prints_the_id(hyperd: FakeHyperd) -> None:
         "ReadonlyRootfs": False,
         "Tmpfs": {},
         "Devices": [],
+        "Binds": [],
+        "Pod": "",
     }
     assert len(hyperd.seen("POST", f"/containers/{CID}/start")) == 1
 
@@ -616,9 +618,9 @@ def test_rm_sends_force_and_prints_names(hyperd: FakeHyperd) -> None:
     hyperd.on("DELETE", "/containers/db", Reply(204))
     result = hyper(hyperd, "rm", "-f", "web", "db")
     assert (result.exit_code, result.stdout) == (0, "web\ndb\n")
-    assert [r.query for r in hyperd.requests] == [{"force": "1"}, {"force": "1"}]
-    hyper(hyperd, "rm", "web")
-    assert hyperd.requests[-1].query == {"force": "0"}
+    assert [r.query for r in hyperd.requests] == [{"force": "1", "v": "0"}, {"force": "1", "v": "0"}]
+    hyper(hyperd, "rm", "-v", "web")
+    assert hyperd.requests[-1].query == {"force": "0", "v": "1"}
 
 
 def test_rm_carries_on_after_a_failure(hyperd: FakeHyperd) -> None:
