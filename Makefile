@@ -69,6 +69,7 @@ bench: install
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/images.py
 	$(VENV)/bin/python bench/network.py
+	$(VENV)/bin/python bench/streams.py
 
 clean:
 	rm -rf $(VENV) build

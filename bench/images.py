@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the test registry and image builders are shared with the tests
 
+import measure  # noqa: E402
 from daemon import Hyperd  # noqa: E402
 from measure import BenchError, Sample, Series, Stats, repeat, timed  # noqa: E402
 from scratch import Scratch  # noqa: E402
@@ -182,14 +180,6 @@ def render(series: dict[str, Series], size_mib: int) -> str:
     return "\n".join(lines)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: unwind through every ``finally``."""
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/images.py", description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
@@ -198,37 +188,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.size_mib < SMALL_FRACTION * LAYERS:
         parser.error(f"--runs must be at least 1 and --size-mib at least {SMALL_FRACTION * LAYERS}")
-    if os.geteuid() != 0:
-        print("bench: must run as root (hyperd boots VMs)", file=sys.stderr)
-        return 1
     if (missing := registries.missing_tools()) is not None:
         print(f"bench: {missing}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _terminate)
-    bench = Bench(args, Scratch())
-    try:
+
+    def run(bench: Bench) -> dict[str, Series]:
         with registries.start_registry(bench.scratch / "registry") as registry:
             bench.registry = registry
             try:
-                series = bench.measure()
+                return bench.measure()
             finally:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                bench.daemon.stop()
-    except KeyboardInterrupt as interrupt:
-        print("\nbench: interrupted; cleaning up", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
-    except (BenchError, registries.RegistryError) as err:
-        print(f"bench: {err}", file=sys.stderr)
-        print(f"hyperd's log, last lines:\n{bench.daemon.log_tail()}", file=sys.stderr)
-        return 1
-    finally:
-        bench.cleanup()
-    print(render(series, args.size_mib))
-    if args.json:
-        args.json.write_text(json.dumps({name: s.to_json() for name, s in series.items()}, indent=2) + "\n")
-        print(f"\nraw numbers: {args.json}")
-    return 0
+                bench.daemon.stop()  # before its registry goes
+
+    def report(_bench: Bench, series: dict[str, Series]) -> None:
+        print(render(series, args.size_mib))
+        if args.json:
+            args.json.write_text(json.dumps({name: s.to_json() for name, s in series.items()}, indent=2) + "\n")
+
+    return measure.main(lambda: Bench(args, Scratch()), run, report, errors=(BenchError, registries.RegistryError))
 
 
 if __name__ == "__main__":

@@ -6,15 +6,20 @@ so one loop serves commands timed from exec to exit as well as pods measured at 
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from types import FrameType
+from typing import Any, Protocol, TypeVar
 
 Sample = Mapping[str, float]
+T = TypeVar("T")
+B = TypeVar("B", bound="Bench")
 
 
 class BenchError(Exception):
@@ -112,3 +117,51 @@ def timed(argv: Sequence[str], *, timeout: float = 120.0) -> tuple[float, str]:
     if result.returncode != 0:
         raise CommandFailed(argv, result.returncode, output)
     return wall, output
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: unwind through every ``finally``."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+class HasLog(Protocol):
+    def log_tail(self, lines: int = 20) -> str: ...
+
+
+class Bench(Protocol):
+    """What ``main`` needs of a benchmark: its daemon's log for errors, and a cleanup that always runs."""
+
+    @property
+    def daemon(self) -> HasLog: ...
+
+    def cleanup(self) -> None: ...
+
+
+def main(bench: Callable[[], B], measure: Callable[[B], T], report: Callable[[B, T], None], *,
+         errors: tuple[type[Exception], ...] = (BenchError,)) -> int:
+    """A benchmark's life: as root, ``measure`` then ``report``; on any error, Ctrl-C or SIGTERM,
+    one line and the daemon's log, and the cleanup always (not cut short by a second Ctrl-C)."""
+    if os.geteuid() != 0:
+        print("bench: must run as root (hyperd boots VMs)", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _terminate)
+    made = bench()
+    try:
+        results = measure(made)
+    except KeyboardInterrupt as interrupt:
+        print("\nbench: interrupted; cleaning up", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+    except errors as err:
+        print(f"bench: {err}", file=sys.stderr)
+        print(f"hyperd's log, last lines:\n{made.daemon.log_tail()}", file=sys.stderr)
+        return 1
+    finally:
+        # Every step of the cleanup has a timeout of its own.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        made.cleanup()
+    report(made, results)
+    return 0

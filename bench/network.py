@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -37,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import host
+import measure
 from daemon import Hyperd
 from measure import BenchError, Sample, Series, Stats, repeat, timed
-from run import Terminated, _terminate
 from scratch import Scratch
 
 SINK = "cat > /dev/null; echo ok"
@@ -390,30 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["client"]:
         return client_main(argv[1:])
     args = parse(argv)
-    if os.geteuid() != 0:
-        print("bench: must run as root (hyperd boots VMs, the bench makes a network namespace)", file=sys.stderr)
-        return 1
-    signal.signal(signal.SIGTERM, _terminate)
-    bench = Bench(args, Scratch())
-    try:
-        figures = bench.measure()
-    except KeyboardInterrupt as interrupt:
-        print("\nbench: interrupted; cleaning up", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
-    except BenchError as err:
-        print(f"bench: {err}", file=sys.stderr)
-        print(f"hyperd's log, last lines:\n{bench.daemon.log_tail()}", file=sys.stderr)
-        return 1
-    finally:
-        # A second Ctrl-C must not cut the cleanup short; every step of it has a timeout.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        bench.cleanup()
-    print(render(figures, args, bench.machine, bench.notes))
-    if args.json:
-        args.json.write_text(json.dumps({s.name: s.to_json() for s in figures.all()}, indent=2) + "\n")
-        print(f"\nraw numbers: {args.json}")
-    return 0
+
+    def report(bench: Bench, figures: Figures) -> None:
+        print(render(figures, args, bench.machine, bench.notes))
+        if args.json:
+            args.json.write_text(json.dumps({s.name: s.to_json() for s in figures.all()}, indent=2) + "\n")
+            print(f"\nraw numbers: {args.json}")
+
+    return measure.main(lambda: Bench(args, Scratch()), Bench.measure, report)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ import argparse
 import itertools
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import host
+import measure
 from daemon import Hyperd
 from floor import Floor
 from measure import BenchError, CommandFailed, Sample, Series, repeat, timed
@@ -148,14 +147,6 @@ class Bench:
                 print(f"[bench] cleanup: {step.__qualname__} failed: {err}", file=sys.stderr)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: unwind through every ``finally``."""
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=10, help="runs per boot figure (default 10)")
@@ -171,30 +162,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if os.geteuid() != 0:
-        print("bench: must run as root (hyperd boots VMs)", file=sys.stderr)
-        return 1
-    signal.signal(signal.SIGTERM, _terminate)
-    bench = Bench(args, Scratch())
-    try:
-        results = bench.run()
-    except KeyboardInterrupt as interrupt:
-        print("\nbench: interrupted; cleaning up", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
-    except BenchError as err:
-        print(f"bench: {err}", file=sys.stderr)
-        print(f"hyperd's log, last lines:\n{bench.daemon.log_tail()}", file=sys.stderr)
-        return 1
-    finally:
-        # A second Ctrl-C must not cut the cleanup short; every step of it has a timeout.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        bench.cleanup()
-    print(render(results))
-    if args.json:
-        args.json.write_text(json.dumps(results.to_json(), indent=2) + "\n")
-        print(f"\nraw numbers: {args.json}")
-    return 0
+
+    def report(_bench: Bench, results: Results) -> None:
+        print(render(results))
+        if args.json:
+            args.json.write_text(json.dumps(results.to_json(), indent=2) + "\n")
+            print(f"\nraw numbers: {args.json}")
+
+    return measure.main(lambda: Bench(args, Scratch()), Bench.run, report)
 
 
 if __name__ == "__main__":
