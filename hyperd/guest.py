@@ -33,6 +33,8 @@ from hyperstart.protocol import (
 )
 
 MAX_TEXT = 4096
+READ_SIZE = 1 << 20
+"""Bytes read off the agent's channel at a time: a whole DATA frame of the largest size in few reads."""
 MAX_LIST = 64
 REQUEST_TIMEOUT = 60.0
 """Seconds the agent has to answer a request; a guest that stops answering is ended."""
@@ -297,7 +299,7 @@ class AgentClient:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
-            while data := await reader.read(1 << 16):
+            while data := await reader.read(READ_SIZE):
                 for frame in self._decoder.feed(data):
                     self._dispatch(frame)
             raise GuestError("agent channel closed")
