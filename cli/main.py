@@ -233,6 +233,9 @@ def _container_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("-v", "--volume", "volumes", multiple=True, metavar="[SOURCE:]TARGET[:OPTIONS]",
                      help="A host directory (absolute SOURCE) or a named volume at TARGET; ro (repeatable)."),
         click.option("--pod", default="", metavar="POD", help="Run in a running pod's VM, on its network."),
+        click.option("--log-driver", default="", metavar="DRIVER", help="json-file (default), syslog or none."),
+        click.option("--log-opt", "log_opts", multiple=True, metavar="K=V",
+                     help="max-size, max-file (json-file); syslog-address, syslog-facility, syslog-format, tag."),
         click.option("--mount", "mounts", multiple=True, metavar="type=bind|volume|tmpfs,source=..,target=..",
                      help="A bind mount, volume or tmpfs, in docker's --mount syntax (repeatable)."),
         click.option("--device", "devices", multiple=True, metavar="HOST[:CONTAINER[:PERMS]]",
@@ -315,6 +318,7 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
         "Tmpfs": dict(item.partition(":")[::2] for item in settings["tmpfs"]),
         "Binds": [volume.bind(text) for text in settings["volumes"]],
         "Pod": settings["pod"],
+        "LogConfig": {"Type": settings["log_driver"], "Config": _options(settings["log_opts"], "--log-opt")},
         "Devices": [_device(text) for text in settings["devices"]],
     }
     for text in settings["mounts"]:

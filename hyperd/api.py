@@ -197,6 +197,7 @@ def _inspect(container: Container, volumes: Volumes) -> dict[str, Any]:
                        "Privileged": spec.security.privileged, "ReadonlyRootfs": spec.security.read_only,
                        "SecurityOpt": ["no-new-privileges"] if spec.security.no_new_privileges else [],
                        "Tmpfs": dict(spec.security.tmpfs),
+                       "LogConfig": {"Type": spec.log.type, "Config": dict(spec.log.config)},
                        "Binds": [f"{m.source}:{m.target}{':ro' if m.readonly else ''}" for m in spec.mounts
                                  if not m.anonymous],
                        "Devices": [{"PathOnHost": d.host, "PathInContainer": d.container,
@@ -381,7 +382,7 @@ async def create_container(request: web.Request) -> web.Response:
         labels=_string_map(body, "Labels"), stop_signal=str(body.get("StopSignal") or ""), stop_timeout=timeout,
         ulimits=tuple(f"{u.get('Name')}={u.get('Soft')}:{u.get('Hard')}" for u in ulimits),
         sysctls=_string_map(body, "Sysctls"), resources=_resources(body), security=_security(body),
-        devices=_devices(body), mounts=_mounts(body), pod=_pod(body),
+        devices=_devices(body), mounts=_mounts(body), pod=_pod(body), log=_log_config(body),
     ), request.query.get("name"))
     return web.json_response({"Id": container.id, "Warnings": []}, status=201)
 
@@ -418,6 +419,12 @@ def _devices(body: dict[str, Any]) -> tuple[Device, ...]:
         raise errors.InvalidArgument("Devices must be a list of objects")
     return tuple(Device.parse(f"{d.get('PathOnHost') or ''}:{d.get('PathInContainer') or ''}:"
                               f"{d.get('CgroupPermissions') or 'rwm'}") for d in devices)
+
+
+def _log_config(body: dict[str, Any]) -> logs.LogConfig:
+    """Docker's LogConfig: ``{"Type": "json-file", "Config": {"max-size": "10m"}}``."""
+    config = _object(body.get("LogConfig"), "LogConfig")
+    return logs.LogConfig.parse(str(config.get("Type") or ""), _string_map(config, "Config"))
 
 
 def _pod(body: dict[str, Any]) -> str:
@@ -484,7 +491,7 @@ async def attach_container(request: web.Request) -> web.StreamResponse:
     daemon = _daemon(request)
     container = daemon.get(request.match_info["id"])
     wanted = _streams(request)
-    queue, _offset = daemon.subscribe(container)
+    queue = daemon.subscribe(container)
     tty = container.spec.tty
     response = web.StreamResponse(headers={"Content-Type": RAW_TYPE if tty else STREAM_TYPE})
     feeding = None
@@ -724,13 +731,16 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
     if tail != "all" and not tail.isdigit():
         raise errors.InvalidArgument(f"invalid tail {tail!r}: a number or 'all'")
     since, until = _moment(request, "since"), _moment(request, "until")
+    if not container.spec.log.readable:
+        raise errors.InvalidArgument("configured logging driver does not support reading")
     follow = _flag(request, "follow") and container.state == ContainerState.RUNNING
-    queue, offset = daemon.subscribe(container) if follow else (None, None)
+    # Subscribed and read with no await between: nothing is missed or repeated.
+    queue = daemon.subscribe(container) if follow else None
+    entries = [e for e in logs.read(daemon.log_path(container), container.spec.log.files()) if e.stream in wanted
+               and (since is None or _seconds(e.time) >= since) and (until is None or _seconds(e.time) <= until)]
     response = web.StreamResponse(headers={"Content-Type": STREAM_TYPE})
     try:
         await response.prepare(request)
-        entries = [e for e in logs.read(daemon.log_path(container), offset) if e.stream in wanted
-                   and (since is None or _seconds(e.time) >= since) and (until is None or _seconds(e.time) <= until)]
         if tail != "all":
             entries = entries[-int(tail):] if int(tail) > 0 else []
         for entry in entries:

@@ -89,6 +89,7 @@ class Pod:
     stopping: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     stdin: Input | None = None
+    log: logs.Log | None = None
 
     @property
     def vm(self) -> QemuVM:
@@ -256,7 +257,7 @@ class Daemon:
         record = self.get_pod(request.pod) if request.pod else None
         spec = replace(spec, files=_injected(request.files), pod=record.id if record else "",
                        labels={**spec.labels, **({pod_spec.POD_LABEL: record.name} if record else {})})
-        spec = replace(spec, mounts=self._create_mounts(request.mounts))
+        spec = replace(spec, log=request.log, mounts=self._create_mounts(request.mounts))
         container = Container(id=secrets.token_hex(32), name=name or self._generate_name(), spec=spec)
         self.db.save(container)
         self._track(container)
@@ -598,9 +599,10 @@ class Daemon:
             pod.stdin = sandbox.client.open_input() if spec.open_stdin else None
             stdout = sandbox.client.open_stream()
             stderr = None if spec.tty else sandbox.client.open_stream()
-            pod.tasks = [asyncio.create_task(self._pump(container, 1, stdout))]
+            pod.log = self._open_log(container)
+            pod.tasks = [asyncio.create_task(self._pump(container, 1, stdout, pod.log))]
             if stderr is not None:
-                pod.tasks.append(asyncio.create_task(self._pump(container, 2, stderr)))
+                pod.tasks.append(asyncio.create_task(self._pump(container, 2, stderr, pod.log)))
             await sandbox.client.request("container.start", {
                 "id": container.id,
                 "rootfs": rootfs,
@@ -623,6 +625,8 @@ class Daemon:
             sandbox.exits.pop(container.id, None)
             for task in pod.tasks:
                 task.cancel()
+            if pod.log is not None:
+                pod.log.close()
             raise
         sandbox.members.add(container.id)
         return pod
@@ -705,20 +709,30 @@ class Daemon:
                 # The reader went away: drain the rest, or tar would wait in the guest for credit forever.
                 pod.tasks.append(asyncio.create_task(_drain(stream, done)))
 
-    async def _pump(self, container: Container, stream_no: int, stream: Stream) -> None:
-        log = logs.JsonFileLog(self.container_dir(container) / f"{container.id}-json.log")
+    def _open_log(self, container: Container) -> logs.Log:
+        """The run's log, by the container's log driver; one that cannot reach its target says why."""
+        spec = container.spec
+        tag = logs.tag(spec.log.config.get("tag", ""), container.id, container.name, spec.image)
         try:
-            while data := await stream.read():
-                try:
-                    log.write(stream_no, data)
-                except OSError as err:
-                    # A full disk loses log lines, not the container: keep draining and delivering.
-                    container.log_error = container.log_error or f"logging failed: {err.strerror or err}"
-                # A slow client holds the container back (as a full pipe would), never hyperd's memory.
-                for queue in list(self.subscribers[container.id]):
-                    await queue.put((stream_no, data))
-        finally:
-            log.close()
+            log = logs.Log(spec.log, self.log_path(container), tag, spec.hostname or container.id[:12])
+        except OSError as err:
+            raise errors.StorageError(f"cannot open the log of {container.name}: {err.strerror or err}") from err
+        if log.error:
+            container.log_error = f"logging failed: {log.error}"
+        return log
+
+    async def _pump(self, container: Container, stream_no: int, stream: Stream, log: logs.Log) -> None:
+        while data := await stream.read():
+            try:
+                log.write(stream_no, data)
+            except OSError as err:
+                # A full disk loses log lines, not the container: keep draining and delivering.
+                container.log_error = container.log_error or f"logging failed: {err.strerror or err}"
+            if log.error and not container.log_error:
+                container.log_error = f"logging failed: {log.error}"
+            # A slow client holds the container back (as a full pipe would), never hyperd's memory.
+            for queue in list(self.subscribers[container.id]):
+                await queue.put((stream_no, data))
 
     async def _supervise(self, container: Container, pod: Pod, mark: Callable[[str], None]) -> None:
         sandbox = pod.sandbox
@@ -751,6 +765,8 @@ class Daemon:
             died.cancel()
             for task in pod.tasks:
                 task.cancel()
+            if pod.log is not None:
+                pod.log.close()
             sandbox.members.discard(container.id)
             sandbox.exits.pop(container.id, None)
             if not sandbox.members:
@@ -1313,19 +1329,16 @@ class Daemon:
 
     # -- output -------------------------------------------------------------------------
 
-    def subscribe(self, container: Container) -> tuple[Subscriber, int]:
-        """A queue of the output from now on, and the log's size now: together they miss and repeat nothing.
+    def subscribe(self, container: Container) -> Subscriber:
+        """A queue of the output from now on.  The log read before any await after this misses
+        and repeats nothing: its writer runs in this event loop too.
 
         The queue ends when the container's current run ends, or, if it is not running, its
         next run (as docker's attach waits for a start, which ``start -a`` relies on).
         """
         queue: Subscriber = asyncio.Queue(SUBSCRIBER_BACKLOG)
         self.subscribers[container.id].append(queue)
-        try:
-            offset = self.log_path(container).stat().st_size
-        except FileNotFoundError:
-            offset = 0
-        return queue, offset
+        return queue
 
     def unsubscribe(self, container: Container, queue: Subscriber) -> None:
         with contextlib.suppress(ValueError, KeyError):

@@ -17,6 +17,7 @@ from typing import Any
 
 from hyperd.errors import InvalidArgument, StateError, StorageError
 from hyperd.isolation import Device, Resources, Security
+from hyperd.logs import LogConfig
 from hyperd.network import Endpoint, NetworkRequest
 from hyperd.network.ports import PortBinding
 from hyperd.restart import Policy, RestartPolicy
@@ -89,6 +90,7 @@ class ContainerSpec:
     """(path, content, mode) of files injected read-only (a pod spec's ``files``)."""
     pod: str = ""
     """The id of the pod the container belongs to; empty for a pod of its own."""
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ class CreateRequest:
     """(path, content, mode) of files injected read-only (a pod spec's ``files``)."""
     pod: str = ""
     """The id of the pod the container belongs to; empty for a pod of its own."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """``--log-driver`` and ``--log-opt``, checked."""
 
 
 def parse_signal(name: str) -> int:
@@ -262,6 +266,7 @@ def _from_record(record: dict[str, Any]) -> Container:
     spec["devices"] = tuple(Device(**d) for d in spec.get("devices", ()))
     spec["mounts"] = tuple(Mount(**m) for m in spec.get("mounts", ()))
     spec["files"] = tuple(tuple(f) for f in spec.get("files", ()))
+    spec["log"] = LogConfig(**spec.get("log", {}))
     security = spec.get("security", {})
     spec["security"] = Security(**{**security, "cap_add": tuple(security.get("cap_add", ())),
                                    "cap_drop": tuple(security.get("cap_drop", ()))})

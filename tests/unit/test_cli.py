@@ -235,6 +235,7 @@ def test_run_detached_prints_the_id(hyperd: FakeHyperd) -> None:
         "Devices": [],
         "Binds": [],
         "Pod": "",
+        "LogConfig": {"Type": "", "Config": {}},
     }
     assert len(hyperd.seen("POST", f"/containers/{CID}/start")) == 1
 
