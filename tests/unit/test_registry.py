@@ -162,7 +162,8 @@ class FakeRegistry:
         return {"mediaType": document["mediaType"], "digest": _digest(data), "size": len(data)}
 
     def image(self, files: dict[str, bytes], tag: str | None = None, architecture: str = "amd64") -> dict[str, Any]:
-        return self.layered([gzip.compress(_tar(files))], [_tar(files)], tag, architecture=architecture)
+        # mtime=0: the same files make the same layer blob whatever second it is built in.
+        return self.layered([gzip.compress(_tar(files), mtime=0)], [_tar(files)], tag, architecture=architecture)
 
     def layered(self, blobs: list[bytes], plains: list[bytes], tag: str | None = None, *,
                 media_type: str = "application/vnd.oci.image.layer.v1.tar+gzip",
