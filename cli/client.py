@@ -209,6 +209,17 @@ def _flag(value: bool) -> str:
     return "1" if value else "0"
 
 
+def _path_stat(response: http.client.HTTPResponse) -> Any:
+    """The path stat docker sends in a header (base64 JSON)."""
+    try:
+        stat = json.loads(base64.b64decode(response.getheader("X-Docker-Container-Path-Stat") or ""))
+    except ValueError as err:
+        raise HyperError("hyperd sent no valid path stat") from err
+    if not isinstance(stat, dict) or not isinstance(stat.get("mode"), int):
+        raise HyperError("hyperd sent no valid path stat")
+    return stat
+
+
 def _tar_headers(length: int | None) -> dict[str, str]:
     """An upload of a tar; with no ``length`` it goes chunked (a pipe on stdin)."""
     headers = {"Content-Type": "application/x-tar"}
@@ -397,6 +408,33 @@ class Client:
 
     def export(self, container: str) -> Stream:
         return self.stream("GET", f"/containers/{_ident(container)}/export")
+
+    def path_stat(self, container: str, path: str, follow: bool = False) -> Any:
+        """docker's stat of a path in a container (``follow``: of a symlink's target); None if it is missing."""
+        conn, response = self._send("HEAD", f"/containers/{_ident(container)}/archive",
+                                    {"path": path, "follow": _flag(follow)}, ok=(404,))
+        conn.close()
+        return None if response.status == 404 else _path_stat(response)
+
+    def archive(self, container: str, path: str) -> tuple[Any, Stream]:
+        """A tar of a path in a container, with docker's stat of that path."""
+        conn, response = self._send("GET", f"/containers/{_ident(container)}/archive", {"path": path})
+        return _path_stat(response), Stream(conn, response)
+
+    def extract(self, container: str, path: str, tar: IO[bytes]) -> None:
+        """Unpack a tar (sent chunked as it is read) into a directory of a container."""
+        _json_answer(*self._send("PUT", f"/containers/{_ident(container)}/archive", {"path": path}, tar,
+                                 _tar_headers(None)))
+
+    def changes(self, container: str) -> Any:
+        return self.call("GET", f"/containers/{_ident(container)}/changes")
+
+    def commit(self, container: str, repo: str, tag: str, comment: str, author: str, changes: list[str],
+               pause: bool) -> Any:
+        query = [("container", container), ("comment", comment), ("author", author), ("pause", _flag(pause)),
+                 *(("changes", change) for change in changes)]
+        query += [(key, value) for key, value in (("repo", repo), ("tag", tag)) if value]
+        return self.call("POST", "/commit", query)
 
     def containers(self, all: bool = False) -> Any:
         return self.call("GET", "/containers/json", {"all": _flag(all)})

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from cli import events, images, network, pod, stats, volume
+from cli import events, files, images, network, pod, stats, volume
 from cli.common import connect, each, inspect_each, say, then_echo
 from cli.errors import EXIT_DAEMON, HyperError
 
@@ -823,6 +823,9 @@ cli.add_command(pod.pod)
 cli.add_command(events.events)
 cli.add_command(stats.top)
 cli.add_command(stats.stats)
+cli.add_command(files.cp)
+cli.add_command(files.diff)
+cli.add_command(files.commit)
 
 
 @cli.group("container")
@@ -834,7 +837,7 @@ for _name, _command in {"ls": ps, "ps": ps, "create": create, "run": run, "start
                         "restart": restart, "kill": kill, "rm": rm, "wait": wait, "logs": logs, "rename": rename,
                         "export": export, "prune": prune, "port": network.port, "attach": attach_command,
                         "exec": exec_command, "pause": pause, "unpause": unpause, "top": stats.top, "update": update,
-                        "stats": stats.stats}.items():
+                        "stats": stats.stats, "cp": files.cp, "diff": files.diff, "commit": files.commit}.items():
     container_group.add_command(_command, _name)
 container_group.add_command(inspect, "inspect")
 

@@ -39,6 +39,7 @@ from hyperd.image import (
     archive,
     registry,
 )
+from hyperd.image.changes import InvalidChange
 from hyperd.image.store import Image
 from hyperd.isolation import Device, Resources, Security
 from hyperd.network import Network, NetworkRequest, ports
@@ -66,6 +67,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (InvalidReference, 400),
     (InvalidLayer, 400),
     (InvalidArchive, 400),
+    (InvalidChange, 400),
     (errors.StartFailed, 400),
     (errors.Conflict, 409),
     (ImageInUse, 409),
@@ -700,10 +702,58 @@ async def prune_containers(request: web.Request) -> web.Response:
 
 
 async def export_container(request: web.Request) -> web.StreamResponse:
-    chunks = _daemon(request).export(request.match_info["id"])
+    return await _tar_response(request, _daemon(request).export(request.match_info["id"]))
+
+
+def _path_query(request: web.Request) -> str:
+    path = request.query.get("path")
+    if not path:
+        raise errors.InvalidArgument("path is required")
+    return path
+
+
+def _path_stat_header(stat: dict[str, Any]) -> dict[str, str]:
+    return {"X-Docker-Container-Path-Stat": base64.b64encode(json.dumps(stat).encode()).decode()}
+
+
+async def head_archive(request: web.Request) -> web.Response:
+    """docker's stat of a path in the container (``follow=1``, hyper's: of a symlink's target)."""
+    stat = await _daemon(request).path_stat(request.match_info["id"], _path_query(request), _flag(request, "follow"))
+    return web.Response(status=200, headers=_path_stat_header(stat))
+
+
+async def get_archive(request: web.Request) -> web.StreamResponse:
+    daemon, ref, path = _daemon(request), request.match_info["id"], _path_query(request)
+    stat = await daemon.path_stat(ref, path)
+    return await _tar_response(request, daemon.archive(ref, path), _path_stat_header(stat))
+
+
+async def put_archive(request: web.Request) -> web.Response:
+    await _daemon(request).extract(request.match_info["id"], _path_query(request),
+                                   request.content.iter_chunked(1 << 20))
+    return web.Response(status=200)
+
+
+async def container_changes(request: web.Request) -> web.Response:
+    return web.json_response(await _daemon(request).changes(request.match_info["id"]))
+
+
+async def commit_container(request: web.Request) -> web.Response:
+    query = request.query
+    repo, tag = query.get("repo") or None, query.get("tag") or None
+    if tag and not repo:
+        raise errors.InvalidArgument("a tag needs a repository")
+    image = await _daemon(request).commit(
+        query.get("container", ""), f"{repo}:{tag}" if repo and tag else repo, comment=query.get("comment", ""),
+        author=query.get("author", ""), changes=query.getall("changes", []), pause=query.get("pause", "1") != "0")
+    return web.json_response({"Id": image.id}, status=201)
+
+
+async def _tar_response(request: web.Request, chunks: AsyncIterator[bytes],
+                        headers: dict[str, str] | None = None) -> web.StreamResponse:
     # The first chunk before the headers: a refusal still gets its own status.
     first = await anext(chunks, b"")
-    response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+    response = web.StreamResponse(headers={"Content-Type": "application/x-tar", **(headers or {})})
     await response.prepare(request)
     await response.write(first)
     async for chunk in chunks:
@@ -1186,6 +1236,11 @@ def routes() -> list[web.RouteDef]:
         web.post("/containers/{id}/unpause", unpause_container),
         web.get("/containers/{id}/logs", container_logs),
         web.get("/containers/{id}/export", export_container),
+        web.head("/containers/{id}/archive", head_archive),
+        web.get("/containers/{id}/archive", get_archive, allow_head=False),
+        web.put("/containers/{id}/archive", put_archive),
+        web.get("/containers/{id}/changes", container_changes),
+        web.post("/commit", commit_container),
         web.post("/containers/{id}/rename", rename_container),
         web.post("/containers/prune", prune_containers),
         web.delete("/containers/{id}", remove_container),

@@ -16,12 +16,16 @@ import json
 import logging
 import math
 import os
+import posixpath
 import secrets
 import shutil
 import signal
+import stat
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from hyperd import pod as pod_spec
 from hyperd.config import Config
 from hyperd.events import Events
 from hyperd.guest import AgentClient, ExitEvent, Input, ProcessInfo, Stream
+from hyperd.image import changes as image_changes
 from hyperd.image import registry
 from hyperd.image.reference import server_host
 from hyperd.image.store import Image, ImageStore
@@ -48,6 +53,14 @@ log = logging.getLogger("hyperd")
 CONSOLE_TAIL = 20
 MAX_PROCESS_SPEC = 128 << 10
 MAX_INJECTED = 128 << 10
+MAX_CHANGES = 64 << 20
+"""Bytes of ``diff`` lines taken from a guest."""
+MAX_ERROR = 4096
+"""Bytes of a tool's stderr kept for its error message."""
+CHANGE_KINDS = {"C": 0, "A": 1, "D": 2}
+"""docker's change kinds: modified, added, deleted."""
+GO_DIR, GO_SYMLINK = 1 << 31, 1 << 27
+"""Go's os.FileMode bits, as docker's path stat reports a mode."""
 """Bytes of the files a pod spec injects into one container: they travel in the start request (256 KiB at most)."""
 """Bytes of command and environment a container may have (the agent's messages are bounded)."""
 SUBSCRIBER_BACKLOG = 64
@@ -124,6 +137,8 @@ class Exec:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     on_exit: Callable[[Exec, int], None] = lambda _ex, _status: None
+    tool: bool = False
+    """hyperd's own (``cp``): the agent's busybox, no events."""
 
 
 class Daemon:
@@ -686,17 +701,54 @@ class Daemon:
     async def export(self, ref: str) -> AsyncIterator[bytes]:
         """A tar of a running container's root filesystem: its image with its changes, streamed from the guest."""
         container = self.get(ref)
+        async for chunk in self._guest_stream(container, "export", "export", "container.export", {}):
+            yield chunk
+
+    async def changes(self, ref: str) -> list[dict[str, Any]]:
+        """docker's ``GET /containers/{id}/changes``: what the running container changed in its image."""
+        container = self.get(ref)
+        text = bytearray()
+        async for chunk in self._guest_stream(container, "diff", "changes", "container.changes", {"format": "diff"}):
+            text += chunk
+            if len(text) > MAX_CHANGES:
+                raise errors.GuestError(f"the guest's list of changes exceeds {MAX_CHANGES >> 20} MiB")
+        out = []
+        for line in bytes(text).decode(errors="replace").splitlines():
+            kind, _, path = line.partition(" ")
+            if kind not in CHANGE_KINDS or not path.startswith("/"):
+                raise errors.GuestError(f"the guest sent a malformed change {line[:80]!r}")
+            out.append({"Path": path, "Kind": CHANGE_KINDS[kind]})
+        return out
+
+    async def commit(self, ref: str, reference: str | None, *, comment: str = "", author: str = "",
+                     changes: list[str] | None = None, pause: bool = True) -> Image:
+        """A new image: the container's image with its changes as one more layer (docker's commit)."""
+        container = self.get(ref)
+        base = self.images.resolve(container.spec.image_id)
+        config = image_changes.apply(base.config, changes or [])
+        with tempfile.TemporaryFile(dir=self.config.root) as spool:
+            params = {"format": "layer", "pause": pause}
+            async for chunk in self._guest_stream(container, "commit", "changes", "container.changes", params):
+                spool.write(chunk)
+            spool.seek(0)
+            return await asyncio.to_thread(self.images.commit_layer, base, spool, reference, config=config,
+                                           comment=comment, author=author)
+
+    async def _guest_stream(self, container: Container, what: str, capability: str, method: str,
+                            params: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The data a running container's agent streams back for ``method``; the request's
+        refusal is raised before the first byte."""
         pod = self.pods.get(container.id)
         if pod is None:
-            raise errors.StateError(f"cannot export container {container.name}: it is not running, and its "
+            raise errors.StateError(f"cannot {what} container {container.name}: it is not running, and its "
                                     "filesystem is only reachable inside its VM")
-        if pod.client.info is None or "export" not in pod.client.info.capabilities:
-            raise errors.StateError(f"cannot export container {container.name}: its guest agent does not offer "
-                                    "export (a guest disk older than this hyperd)")
+        if pod.client.info is None or capability not in pod.client.info.capabilities:
+            raise errors.StateError(f"cannot {what} container {container.name}: its guest agent does not offer "
+                                    f"{what} (a guest disk older than this hyperd)")
         stream = pod.client.open_stream()
         # No deadline: the reply comes once the whole tree has been sent, however big it is.
-        done = asyncio.ensure_future(pod.client.request("container.export", {"id": container.id,
-                                                                             "stream": stream.id}, timeout=None))
+        done = asyncio.ensure_future(pod.client.request(method, {"id": container.id, "stream": stream.id, **params},
+                                                        timeout=None))
         try:
             first = await _first(stream, done)
             if first:
@@ -706,8 +758,95 @@ class Daemon:
             await done
         finally:
             if not done.done():
-                # The reader went away: drain the rest, or tar would wait in the guest for credit forever.
+                # The reader went away: drain the rest, or the guest would wait for credit forever.
                 pod.tasks.append(asyncio.create_task(_drain(stream, done)))
+
+    # -- hyper cp: busybox of the agent, run inside the container -------------------------
+
+    async def path_stat(self, ref: str, path: str, follow: bool = False) -> dict[str, Any]:
+        """docker's stat of a path in a running container: name, size, mode (Go's bits), mtime, linkTarget;
+        NotFound when it does not exist.  ``follow`` stats a symlink's target."""
+        container = self.get(ref)
+        path = _container_path(path)
+        out = bytearray()
+        async for chunk in self._tool(container, "stat", ["stat", *(["-L"] if follow else []), "-c", "%f %s %Y",
+                                                          "--", path], missing=path):
+            out += chunk
+        try:
+            raw, size, mtime = (int(out.split()[0], 16), int(out.split()[1]), int(out.split()[2]))
+        except (ValueError, IndexError):
+            raise errors.GuestError(f"the guest sent a malformed stat {bytes(out[:80])!r}") from None
+        target = ""
+        if stat.S_ISLNK(raw):
+            link = bytearray()
+            async for chunk in self._tool(container, "stat", ["readlink", "--", path], missing=path):
+                link += chunk
+            target = bytes(link[:4096]).decode(errors="replace").rstrip("\n")
+        mode = stat.S_IMODE(raw) | (GO_DIR if stat.S_ISDIR(raw) else 0) | (GO_SYMLINK if stat.S_ISLNK(raw) else 0)
+        return {"name": posixpath.basename(path) or "/", "size": size, "mode": mode,
+                "mtime": datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z"),
+                "linkTarget": target}
+
+    async def archive(self, ref: str, path: str) -> AsyncIterator[bytes]:
+        """A tar of ``path`` in a running container, named by its last component (docker's archive)."""
+        container = self.get(ref)
+        path = _container_path(path)
+        parent, name = posixpath.split(path)
+        self._emit(container, "archive-path")
+        async for chunk in self._tool(container, "copy from", ["tar", "-c", "-f", "-", "-C", parent or "/", "--",
+                                                              name or "."], missing=path):
+            yield chunk
+
+    async def extract(self, ref: str, path: str, body: AsyncIterator[bytes]) -> None:
+        """Unpack the tar ``body`` into the directory ``path`` of a running container, as root, inside its
+        root (its symlinks cannot lead out of it), with the container's confinement."""
+        container = self.get(ref)
+        path = _container_path(path)
+        self._emit(container, "extract-to-dir")
+        async for _ in self._tool(container, "copy to", ["tar", "-x", "--numeric-owner", "-f", "-", "-C", path],
+                                  body, missing=path):
+            pass
+
+    async def _tool(self, container: Container, what: str, args: list[str], body: AsyncIterator[bytes] | None = None,
+                    missing: str = "") -> AsyncIterator[bytes]:
+        """Run an applet of the agent's busybox as root in the container's namespaces, with ``body`` as its
+        stdin; its stdout.  A failure raises its first line of stderr (NotFound when it says ``missing``
+        does not exist)."""
+        pod = self._running(container, what)
+        if pod.client.info is None or "tools" not in pod.client.info.capabilities:
+            raise errors.StateError(f"cannot {what} container {container.name}: its guest agent has no tools "
+                                    "(a guest disk older than this hyperd)")
+        ex = Exec(secrets.token_hex(32), container, tuple(args), (), "/", "0:0", False, body is not None, tool=True)
+        self.execs[ex.id] = ex
+        feeding: asyncio.Task[None] | None = None
+        failure = bytearray()
+        try:
+            await self.start_exec(ex.id, detach=False)
+            if body is not None and ex.stdin is not None:
+                feeding = asyncio.create_task(_feed(ex.stdin, body))
+            while (item := await ex.output.get()) is not None:
+                if item[0] == 1:
+                    yield item[1]
+                elif len(failure) < MAX_ERROR:
+                    failure += item[1]
+            await ex.done.wait()
+            if feeding is not None:
+                await feeding
+        finally:
+            if feeding is not None:
+                feeding.cancel()
+            if not ex.done.is_set():
+                # The reader went away: end the tool, whose output would wait for credit forever.
+                with contextlib.suppress(errors.HyperError):
+                    await pod.client.request("signal", {"id": container.id, "process": ex.id,
+                                                        "signal": int(signal.SIGKILL)})
+            self.execs.pop(ex.id, None)
+        if ex.exit_code:
+            message = bytes(failure[:MAX_ERROR]).decode(errors="replace").strip().splitlines()
+            reason = message[0].removeprefix("tar: ").removeprefix("stat: ") if message else f"status {ex.exit_code}"
+            if "No such file or directory" in reason or "can't stat" in reason:
+                raise errors.NotFound(f"Could not find the file {missing} in container {container.name}")
+            raise errors.StateError(f"cannot {what} container {container.name}: {reason}")
 
     def _open_log(self, container: Container) -> logs.Log:
         """The run's log, by the container's log driver; one that cannot reach its target says why."""
@@ -1302,7 +1441,8 @@ class Daemon:
                 "container": ex.container.id, "id": ex.id, "tty": ex.tty, "stdout": stdout.id,
                 **({"stderr": stderr.id} if stderr is not None else {}),
                 **({"stdin": ex.stdin.id} if ex.stdin is not None else {}),
-                "process": _process(ex.container.spec, ex.args, ex.env, ex.workdir, ex.user),
+                "process": {**_process(ex.container.spec, ex.args, ex.env, ex.workdir, ex.user),
+                            **({"tool": True} if ex.tool else {})},
             })
         except errors.StartFailed as err:
             self._end_exec(ex, err.exit_code)
@@ -1310,7 +1450,8 @@ class Daemon:
         except BaseException:
             self._end_exec(ex, 126)
             raise
-        self._emit(ex.container, f"exec_start: {' '.join(ex.args)}", execID=ex.id)
+        if not ex.tool:
+            self._emit(ex.container, f"exec_start: {' '.join(ex.args)}", execID=ex.id)
         return ex
 
     def _exec_exited(self, event: ExitEvent) -> None:
@@ -1437,6 +1578,19 @@ async def _drain(stream: Stream, done: asyncio.Future[Any]) -> None:
         await done
 
 
+async def _feed(stdin: Input, body: AsyncIterator[bytes]) -> None:
+    async for chunk in body:
+        await stdin.write(chunk)
+    stdin.close()
+
+
+def _container_path(path: str) -> str:
+    """A path in a container, absolute and normalized (relative ones are from its root, as docker's are)."""
+    if not path or "\0" in path:
+        raise errors.InvalidArgument(f"invalid path in the container {path!r}")
+    return posixpath.normpath("/" + path.lstrip("/"))
+
+
 async def _exec_pump(ex: Exec, stream_no: int, stream: Stream, detach: bool) -> None:
     """An exec's output to its attached client (a slow one holds the process back), or nowhere."""
     while data := await stream.read():
@@ -1463,12 +1617,12 @@ def _host_usage(pid: int) -> dict[str, int]:
     """A VM's cost on the host: QEMU's resident bytes and CPU nanoseconds (0 when it is gone)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-        stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return {"memory": 0, "cpu_ns": 0}
     rss = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
     ticks = os.sysconf("SC_CLK_TCK")
-    return {"memory": rss, "cpu_ns": (int(stat[11]) + int(stat[12])) * 10**9 // ticks}
+    return {"memory": rss, "cpu_ns": (int(fields[11]) + int(fields[12])) * 10**9 // ticks}
 
 
 def _tree_size(path: Path) -> int:

@@ -48,8 +48,8 @@ AGENT_VERSION = "0.1.0"
 MAX_ERROR = 2048
 """Characters of an error message sent to the host (which refuses longer ones)."""
 CAPABILITIES = ("containers", "signals", "stdio", "export", "network", "stdin", "tty", "exec", "stats", "limits",
-                "seccomp")
-TAR = ("/bin/busybox", "tar")
+                "seccomp", "changes", "tools")
+TAR = (container.TOOL, "tar")
 TIOCSWINSZ = 0x5414
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20
@@ -219,10 +219,15 @@ class Process:
 
 
 class Export:
-    """A tar of a container's root filesystem on its way to the host; answered once it has all gone."""
+    """A helper's output (a tar of a container's root or changes) on its way to the host;
+    answered once it has all gone."""
 
-    def __init__(self, container_id: str, reply: Reply, output: Output, errors: int) -> None:
-        self.container_id = container_id
+    def __init__(self, box: container.Container, what: str, reply: Reply, output: Output, errors: int,
+                 thaw: bool) -> None:
+        self.box = box
+        self.what = what
+        self.thaw = thaw
+        """Whether the container's cgroup was frozen for this, to thaw at the end."""
         self.reply = reply
         self.output = output
         self.errors = errors
@@ -258,6 +263,7 @@ class Agent:
             "init": self.init,
             "container.start": self.start_container,
             "container.export": self.export_container,
+            "container.changes": self.container_changes,
             "process.start": self.start_process,
             "resize": self.resize,
             "container.top": self.top,
@@ -474,11 +480,14 @@ class Agent:
             if not export.finished:
                 continue
             del self.exports[pid]
+            if export.thaw:
+                with contextlib.suppress(OSError):  # the container may be gone by now
+                    cgroup.freeze(export.box.cgroup, False)
             if export.status == 0:
                 export.reply.ok({})
             else:
                 detail = export.error.decode(errors="replace").strip()
-                export.reply.fail(125, f"export of {export.container_id[:12]} failed: tar exited with status "
+                export.reply.fail(125, f"{export.what} of {export.box.id[:12]} failed: exit status "
                                        f"{export.status}" + (f": {detail}" if detail else ""))
 
     # -- operations -------------------------------------------------------------------
@@ -637,18 +646,51 @@ class Agent:
         """Stream a tar of a running container's root filesystem (the image with its changes) on ``stream``.
 
         tar runs in the agent's mount namespace, where the container's overlay is mounted and
-        its /proc, /sys and /dev are not (they are in the container's own namespace).  The
-        reply comes once every byte is sent and tar has exited.
+        its /proc, /sys and /dev are not (they are in the container's own namespace).
         """
+        box = self.running_box(args)
+        self.stream_command(box, "export", [*TAR, "-c", "-f", "-", "-C", box.root, "."], args, reply)
+
+    def container_changes(self, args: dict[str, Any], reply: Reply) -> None:
+        """Stream a running container's changes to its image on ``stream``: docker's diff lines
+        (``format`` "diff") or an OCI layer tar ("layer"), made by ``hyperstart.changes``.
+
+        With ``pause`` the container's cgroup is frozen until the layer is all out, so that
+        it is consistent (docker's commit pauses the container too).
+        """
+        box = self.running_box(args)
+        form = str(args.get("format"))
+        if form not in ("diff", "layer"):
+            raise container.StartError(125, f"unknown changes format {form!r}")
+        command = [sys.executable, "-SsB", "-m", "hyperstart.changes", form, box.upper]
+        if form == "diff":
+            command += box.lower
+        frozen = bool(args.get("pause")) and bool(box.cgroup)
+        if frozen:
+            cgroup.freeze(box.cgroup, True)
+        try:
+            self.stream_command(box, f"{form} of the container", command, args, reply, thaw=frozen)
+        except BaseException:
+            if frozen:
+                cgroup.freeze(box.cgroup, False)
+            raise
+
+    def running_box(self, args: dict[str, Any]) -> container.Container:
         cid = str(args["id"])
         box = self.containers.get(cid)
         if box is None:
             raise container.StartError(125, f"no running container {cid} in this pod")
+        return box
+
+    def stream_command(self, box: container.Container, what: str, command: list[str], args: dict[str, Any],
+                       reply: Reply, thaw: bool = False) -> None:
+        """Run ``command`` in the agent's namespaces with its stdout on the host's ``stream``;
+        the reply comes once every byte is sent and the command has exited."""
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            pid = os.posix_spawn(TAR[0], [*TAR, "-c", "-f", "-", "-C", box.root, "."], {"PATH": "/bin"},
+            pid = os.posix_spawn(command[0], command, {"PATH": "/bin", "PYTHONPATH": "/usr/lib/hyperstart"},
                                  file_actions=[(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
                                                (os.POSIX_SPAWN_DUP2, err_w, 2)])
         except BaseException:
@@ -659,7 +701,7 @@ class Agent:
             for fd in (out_w, err_w, null):
                 os.close(fd)
         output = Output(out_r, int(args["stream"]))
-        export = Export(cid, reply, output, err_r)
+        export = Export(box, what, reply, output, err_r, thaw)
         self.exports[pid] = export
         os.set_blocking(out_r, False)
         self.outputs[output.stream] = output
@@ -690,7 +732,11 @@ class Agent:
         box = self.containers.get(str(args["id"]))
         if box is None:
             raise container.StartError(125, f"no running container {args['id']} in this pod")
-        os.kill(box.pid, int(args["signal"]))
+        exec_id = str(args.get("process") or "")
+        targets = [pid for pid, p in self.processes.items() if p.container_id == box.id and p.exec_id == exec_id]
+        for pid in targets if exec_id else [box.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, int(args["signal"]))
         reply.ok({})
 
     def shutdown(self, _args: dict[str, Any], reply: Reply) -> None:
@@ -712,6 +758,7 @@ def process_spec(args: dict[str, Any]) -> container.ProcessSpec:
         capabilities=[int(c) for c in args["capabilities"]] if "capabilities" in args else None,
         no_new_privileges=bool(args.get("no_new_privileges")),
         denied_syscalls=[int(n) for n in args["denied_syscalls"]] if "denied_syscalls" in args else None,
+        tool=bool(args.get("tool")),
     )
 
 

@@ -29,7 +29,8 @@ PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
 )
 PYTHON = "/usr/bin/python3.11"
-GUEST_MODULES = ("agent", "cgroup", "container", "network", "proc", "protocol", "seccomp", "syscalls", "volumes")
+GUEST_MODULES = ("agent", "cgroup", "changes", "container", "network", "proc", "protocol", "seccomp", "syscalls",
+                 "volumes")
 UUID = "8e1d7f0c-5c2b-4b9a-9d34-68797065722e"
 # Directories the agent mounts over or writes into at boot.
 MOUNT_POINTS = ("proc", "sys", "dev", "run", "tmp")
@@ -38,6 +39,7 @@ PROBE = """
 import json, sys, importlib.util
 sys.path.insert(0, "/usr/lib/hyperstart")
 import hyperstart.agent
+import hyperstart.changes  # run as a process of its own (diff, commit): its imports stay out of the agent's
 files = sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)})
 print(json.dumps(files))
 """

@@ -56,6 +56,11 @@ def write_limits(path: str, limits: dict[str, Any]) -> None:
         _write(f"{path}/cpuset.cpus", str(limits["cpuset"]))
 
 
+def freeze(path: str, frozen: bool) -> None:
+    """Freeze (or thaw) every process of the cgroup at ``path``."""
+    _write(f"{path}/cgroup.freeze", "1" if frozen else "0")
+
+
 def join(path: str) -> None:
     """Move the calling process into the cgroup at ``path`` (its children follow)."""
     _write(f"{path}/cgroup.procs", "0")

@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # the guest pays for every import: typing only for the checke
     from typing import NoReturn
 
 RUN = "/run/hyper"
+TOOL = "/bin/busybox"
+"""The agent's busybox: tar for ``export`` and ``cp``."""
 TIOCSCTTY = 0x540E
 TIOCSPTLCK = 0x40045431
 TIOCGPTPEER = 0x5441
@@ -58,12 +60,16 @@ class StartError(Exception):
 class ProcessSpec:
     """What to run: argv, environment, working directory and ``user[:group]``."""
 
-    __slots__ = ("args", "capabilities", "cwd", "denied_syscalls", "env", "no_new_privileges", "rlimits", "user")
+    __slots__ = ("args", "capabilities", "cwd", "denied_syscalls", "env", "no_new_privileges", "rlimits", "tool",
+                 "user")
 
     def __init__(self, args: list[str], env: list[str], cwd: str = "/", user: str = "",
                  rlimits: list[tuple[int, int, int]] | None = None, capabilities: list[int] | None = None,
-                 no_new_privileges: bool = False, denied_syscalls: list[int] | None = None) -> None:
+                 no_new_privileges: bool = False, denied_syscalls: list[int] | None = None,
+                 tool: bool = False) -> None:
         self.args = args
+        self.tool = tool
+        """args[0] is an applet of the agent's own busybox (``hyper cp``'s tar): the container may have none."""
         self.env = env
         self.cwd = cwd
         self.user = user
@@ -97,6 +103,10 @@ class Container:
         """The PID and IPC namespaces of its pod, when the pod's containers share them."""
         self.volumes: list[tuple[str, str, bool]] = []
         """(path in the container, its mount in the VM, read-only) of its volumes and bind mounts."""
+        self.upper = ""
+        """The overlay's upper directory: the container's changes to its image."""
+        self.lower: list[str] = []
+        """The overlay's lower directories, top first: the image."""
         self.pid = 0
 
 
@@ -192,7 +202,9 @@ def assemble(container_id: str, lower: str, disk: tuple[str, str] | None = None)
     syscalls.mount("devpts", pts, "devpts", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
                    "newinstance,ptmxmode=0666,mode=0620")
     mounts.append(pts)
-    return Container(container_id, root, container_id[:12], mounts)
+    box = Container(container_id, root, container_id[:12], mounts)
+    box.upper, box.lower = f"{layer}/upper", lower.split(":")
+    return box
 
 
 def open_terminal(container: Container) -> tuple[int, int]:
@@ -348,8 +360,9 @@ def _find_executable(name: str, env: dict[str, str]) -> str:
     raise StartError(127, f'exec: "{name}": executable file not found in $PATH')
 
 
-def _exec(spec: ProcessSpec) -> None:
-    """Become the container's main process; never returns."""
+def _exec(spec: ProcessSpec, tool: int = -1) -> None:
+    """Become the container's main process (or, given ``tool``, a descriptor on the agent's
+    busybox, run that); never returns."""
     env = dict(item.partition("=")[::2] for item in spec.env)
     uid, gid, home = resolve_user(spec.user)
     env.setdefault("PATH", DEFAULT_PATH)
@@ -376,7 +389,7 @@ def _exec(spec: ProcessSpec) -> None:
         raise StartError(126, f"chdir to cwd ({cwd!r}) set in config: {err.strerror}") from err
     if not spec.args:
         raise StartError(125, "no command specified")
-    path = _find_executable(spec.args[0], env)
+    path: str | int = tool if tool >= 0 else _find_executable(spec.args[0], env)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     try:
@@ -480,6 +493,8 @@ def enter(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
              ("ipc", syscalls.CLONE_NEWIPC))
     namespaces = [(os.open(f"/proc/{container.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), flag)
                   for name, flag in names]
+    # Opened before entering: inside, /bin/busybox is the container's, if it has one at all.
+    tool = os.open(TOOL, os.O_RDONLY | os.O_CLOEXEC) if spec.tool else -1
     pid = -1
     try:
         pid = _fork_into(lambda: syscalls.setns(namespaces[0][0], syscalls.CLONE_NEWPID))
@@ -487,6 +502,8 @@ def enter(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
         if pid != 0:  # the agent's side (the child needs them for its setns)
             for fd, _ in namespaces:
                 os.close(fd)
+            if tool >= 0:
+                os.close(tool)
     if pid:
         return pid
 
@@ -495,7 +512,7 @@ def enter(container: Container, spec: ProcessSpec, stdio: list[int], errors: int
             syscalls.setns(fd, flag)  # the mount namespace's root is the container's: we are inside it
         os.chdir("/")
         _take_stdio(stdio, tty)
-        _exec(spec)
+        _exec(spec, tool)
 
     _child(container, errors, "exec", join_and_exec)
 

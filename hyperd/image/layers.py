@@ -366,25 +366,16 @@ def _normalize(name: str, entry: str, what: str = "") -> tuple[str, ...]:
     return tuple(parts)
 
 
-def classify(member: tarfile.TarInfo) -> Entry | None:
+def classify(member: tarfile.TarInfo, whiteouts: bool = True) -> Entry | None:
     """Classify a member and check everything about it that needs no filesystem.
 
     Returns None for aufs metadata, which is skipped.  Raises InvalidLayer otherwise.
+    Without ``whiteouts`` (a plain archive, not a layer) ``.wh.`` names are ordinary.
     """
     name = member.name
     parts = _normalize(name, name)
-    if any(part.startswith(AUFS_META) for part in parts):
-        if parts[-1] == OPAQUE and not any(part.startswith(AUFS_META) for part in parts[:-1]):
-            return Entry(member, Kind.OPAQUE, parts[:-1])
-        return None
-    if any(part.startswith(WHITEOUT) for part in parts[:-1]):
-        raise InvalidLayer("has a whiteout as a parent directory", name)
-    if parts and parts[-1].startswith(WHITEOUT):
-        hidden = parts[-1][len(WHITEOUT):]
-        if hidden in ("", ".", ".."):
-            raise InvalidLayer("is not a valid whiteout", name)
-        return Entry(member, Kind.WHITEOUT, (*parts[:-1], hidden))
-
+    if whiteouts and any(part.startswith(WHITEOUT) for part in parts):
+        return _whiteout(member, parts)
     link: tuple[str, ...] = ()
     if member.isreg():
         kind = Kind.FILE
@@ -399,7 +390,7 @@ def classify(member: tarfile.TarInfo) -> Entry | None:
         link = _normalize(member.linkname, name, "hard link target")
         if not link:
             raise InvalidLayer("is a hard link to the root directory", name)
-        if any(part.startswith(WHITEOUT) for part in link):
+        if whiteouts and any(part.startswith(WHITEOUT) for part in link):
             raise InvalidLayer(f'is a hard link to whiteout metadata "{member.linkname}" (aufs layers '
                                "are not supported)", name)
     elif member.ischr():
@@ -413,6 +404,21 @@ def classify(member: tarfile.TarInfo) -> Entry | None:
     if not parts and kind is not Kind.DIR:
         raise InvalidLayer(f"replaces the root directory with a {kind.value}", name)
     return Entry(member, kind, parts, link)
+
+
+def _whiteout(member: tarfile.TarInfo, parts: tuple[str, ...]) -> Entry | None:
+    """A layer's member with a ``.wh.`` name: a whiteout, an opaque marker or aufs metadata (None)."""
+    name = member.name
+    if any(part.startswith(AUFS_META) for part in parts):
+        if parts[-1] == OPAQUE and not any(part.startswith(AUFS_META) for part in parts[:-1]):
+            return Entry(member, Kind.OPAQUE, parts[:-1])
+        return None
+    if any(part.startswith(WHITEOUT) for part in parts[:-1]):
+        raise InvalidLayer("has a whiteout as a parent directory", name)
+    hidden = parts[-1][len(WHITEOUT):]
+    if hidden in ("", ".", ".."):
+        raise InvalidLayer("is not a valid whiteout", name)
+    return Entry(member, Kind.WHITEOUT, (*parts[:-1], hidden))
 
 
 def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -508,6 +514,33 @@ def apply_layer(layer: tarfile.TarFile | BinaryIO, target: Path) -> None:
             if entry is not None:
                 applier.apply(entry, tar)
         applier.finish()
+
+
+def extract(archive: BinaryIO, target: Path, rename: tuple[str, str] | None = None) -> None:
+    """Unpack a plain tar (``hyper cp`` from a container) into the directory ``target``, as
+    safely as a layer: nothing lands outside it and no symlink on the way is followed.
+
+    Unlike a layer's, ``.wh.`` names are files like any other.  ``rename`` (old, new) gives
+    the archive's top-level entry ``old`` the name ``new`` ("." puts its content straight
+    into ``target``); an entry outside ``old`` is refused.
+    """
+    with _reading(archive) as tar, _Applier(target) as applier:
+        for member in _members(tar):
+            if rename is not None:
+                member.name = _renamed(member.name, *rename)
+                if member.islnk():
+                    member.linkname = _renamed(member.linkname, *rename)
+            entry = classify(member, whiteouts=False)
+            assert entry is not None  # only aufs metadata is skipped, and there is none without whiteouts
+            applier.apply(entry, tar)
+        applier.finish()
+
+
+def _renamed(name: str, old: str, new: str) -> str:
+    parts = _normalize(name, name)
+    if not parts or parts[0] != old:
+        raise InvalidLayer(f'is not under "{old}"', name)
+    return "/".join((new, *parts[1:]))
 
 
 class _Applier:

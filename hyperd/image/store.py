@@ -51,7 +51,7 @@ from typing import Any, BinaryIO
 
 from hyperd.image import CorruptBlob, ImageError, ImageInUse, ImageNotFound, InvalidReference
 from hyperd.image import disk as disks
-from hyperd.image.blobs import Blobs, remove_stale
+from hyperd.image.blobs import Blobs, Staged, remove_stale
 from hyperd.image.layers import Compression, DigestReader, check_layer
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -379,18 +379,7 @@ class ImageStore:
             raise InvalidReference(reference or "", "cannot import to a digest reference")
         created = (created or datetime.now(UTC)).astimezone(UTC)
         with self.blobs.staging() as layer_blob:
-            # One pass over the input: validate the tar while hashing it and writing the blob.
-            compression, whole = Compression.sniff(tar)
-            if compression is Compression.GZIP:
-                # Already gzip: store it as given; recompressing would cost most of the import's time.
-                given = DigestReader(whole, copy=layer_blob.write)
-                plain = check_layer(io.BufferedReader(given, 1 << 16), compression, base=True)
-                given.drain()
-            else:
-                with gzip.GzipFile(fileobj=layer_blob, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,
-                                   filename="") as compressed:
-                    plain = check_layer(whole, compression, base=True, copy=compressed.write)
-            layer = Layer(plain.digest, layer_blob.digest, LAYER_GZIP, layer_blob.size, plain.size)
+            layer, size = self._stage_layer(layer_blob, tar, base=True)
             config_json = canonical_json({
                 "architecture": _ARCHITECTURES.get(platform.machine(), platform.machine()),
                 "os": "linux",
@@ -402,38 +391,89 @@ class ImageStore:
                 "history": [{"created": _timestamp(created), "created_by": "hyper import",
                              **({"comment": comment} if comment else {})}],
             })
-            config_digest = digest_of(config_json)
-            manifest_json = canonical_json({
-                "schemaVersion": 2,
-                "mediaType": MANIFEST,
-                "config": {"mediaType": CONFIG, "digest": config_digest, "size": len(config_json)},
-                "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}],
+            return self._store_image(config_json, layer_blob, [layer], size, created, target)
+
+    def commit_layer(self, parent: Image, tar: BinaryIO, reference: str | None, *, config: ImageConfig,
+                     comment: str = "", author: str = "") -> Image:
+        """``parent`` with one more layer, the tar ``tar`` (whiteouts for deletions): docker's commit.
+
+        The parent's config document is kept (fields hyper does not model included), with
+        ``config``'s runtime settings over it, the new diff_id and a history entry.  The layer
+        is validated before anything is stored; on any failure nothing is left behind.
+        """
+        target = parse_reference(reference) if reference is not None else None
+        if target is not None and target.digest is not None:
+            raise InvalidReference(reference or "", "cannot commit to a digest reference")
+        created = datetime.now(UTC)
+        document = self._document(parent.id)
+        with self.blobs.staging() as layer_blob:
+            layer, size = self._stage_layer(layer_blob, tar, base=False)
+            extra = {**({"author": author} if author else {}), **({"comment": comment} if comment else {})}
+            history = document.get("history")
+            config_json = canonical_json({
+                **document,
+                "created": _timestamp(created),
+                **extra,
+                "config": {**(document.get("config") or {}), **config.to_oci()},
+                "rootfs": {"type": "layers", "diff_ids": [*parent.diff_ids, layer.diff_id]},
+                "history": [*(history if isinstance(history, list) else []),
+                            {"created": _timestamp(created), "created_by": "hyper commit", **extra}],
             })
-            with self._lock:
-                if self._exists(config_digest):
-                    # Same config, hence the same diff_ids: the image is already here.
+            return self._store_image(config_json, layer_blob, [*parent.layers, layer], parent.size + size,
+                                     created, target)
+
+    def _stage_layer(self, layer_blob: Staged, tar: BinaryIO, *, base: bool) -> tuple[Layer, int]:
+        """Validate a layer tar while writing it gzip-compressed (a gzip one as given) to ``layer_blob``;
+        the layer and the bytes of its content.  ``base``: it has no parent layer."""
+        # One pass over the input: validate the tar while hashing it and writing the blob.
+        compression, whole = Compression.sniff(tar)
+        if compression is Compression.GZIP:
+            # Already gzip: store it as given; recompressing would cost most of the import's time.
+            given = DigestReader(whole, copy=layer_blob.write)
+            plain = check_layer(io.BufferedReader(given, 1 << 16), compression, base=base)
+            given.drain()
+        else:
+            with gzip.GzipFile(fileobj=layer_blob, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,
+                               filename="") as compressed:
+                plain = check_layer(whole, compression, base=base, copy=compressed.write)
+        return Layer(plain.digest, layer_blob.digest, LAYER_GZIP, layer_blob.size, plain.size), plain.size
+
+    def _store_image(self, config_json: bytes, layer_blob: Staged, layers: list[Layer], size: int,
+                     created: datetime, target: Reference | None) -> Image:
+        """Record an image whose top layer is ``layer_blob`` (the others stored already), tagged ``target``."""
+        config_digest = digest_of(config_json)
+        manifest_json = canonical_json({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {"mediaType": CONFIG, "digest": config_digest, "size": len(config_json)},
+            "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+                       for layer in layers],
+        })
+        with self._lock:
+            if self._exists(config_digest):
+                # Same config, hence the same diff_ids: the image is already here.
+                if target is not None:
+                    self._set_reference(config_digest, target)
+                return self._load(config_digest)
+            created_blobs: list[str] = []
+            try:
+                if self.blobs.commit(layer_blob):
+                    created_blobs.append(layers[-1].digest)
+                for data in (config_json, manifest_json):
+                    digest, new = self.blobs.put(data)
+                    if new:
+                        created_blobs.append(digest)
+                with self._transaction():
+                    self._insert(config_digest, digest_of(manifest_json), int(created.timestamp()), size,
+                                 config_json, layers)
                     if target is not None:
                         self._set_reference(config_digest, target)
-                    return self._load(config_digest)
-                created_blobs: list[str] = []
-                try:
-                    if self.blobs.commit(layer_blob):
-                        created_blobs.append(layer.digest)
-                    for data in (config_json, manifest_json):
-                        digest, new = self.blobs.put(data)
-                        if new:
-                            created_blobs.append(digest)
-                    with self._transaction():
-                        self._insert(config_digest, digest_of(manifest_json), int(created.timestamp()), plain.size,
-                                     config_json, [layer])
-                        if target is not None:
-                            self._set_reference(config_digest, target)
-                except BaseException:
-                    # Only what this import created: an existing blob may belong to another image.
-                    for digest in created_blobs:
-                        self.blobs.remove(digest)
-                    raise
-                return self._load(config_digest)
+            except BaseException:
+                # Only what this created: an existing blob may belong to another image.
+                for digest in created_blobs:
+                    self.blobs.remove(digest)
+                raise
+            return self._load(config_digest)
 
     def record(self, manifest: bytes, config: bytes, layers: Sequence[Layer], size: int,
                reference: str | None, *, repo_digest: str | None = None) -> Image:
