@@ -180,10 +180,23 @@ class JsonFileLog:
     def write(self, stream: int, data: bytes) -> None:
         """Append ``data`` as one entry per line (a trailing partial line is an entry too)."""
         encoded = encode(stream, data, timestamp())
-        if self.max_size and self.size and self.size + len(encoded) > self.max_size:
-            self._rotate()
-        self._file.write(encoded)
-        self.size += len(encoded)
+        if not self.max_size or self.size + len(encoded) <= self.max_size:
+            self._append(encoded)
+            return
+        # Rotate between entries, as docker does: one chunk of output may hold many lines.
+        batch = bytearray()
+        for entry in encoded.splitlines(keepends=True):  # JSON escapes every \r and \n inside an entry
+            if self.size + len(batch) + len(entry) > self.max_size and (self.size or batch):
+                self._append(batch)
+                batch.clear()
+                self._rotate()
+            batch += entry
+        self._append(batch)
+
+    def _append(self, data: bytes | bytearray) -> None:
+        if data:
+            self._file.write(data)
+            self.size += len(data)
 
     def _rotate(self) -> None:
         """The current file becomes ``.1``, ``.1`` becomes ``.2``...; the oldest beyond ``max_files`` goes."""

@@ -43,6 +43,23 @@ def test_rotation_keeps_exactly_max_file_files(tmp_path: Path) -> None:
     assert [entry.data for entry in read(path, 3)][-1] == b"after\n"
 
 
+def test_a_chunk_of_many_lines_rotates_between_them(tmp_path: Path) -> None:
+    path = tmp_path / "c-json.log"
+    log = JsonFileLog(path, max_size=1000, max_files=3)
+    log.write(1, b"".join(f"line {number}\n".encode() for number in range(200)))  # one read of the output
+    log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c-json.log", "c-json.log.1", "c-json.log.2"]
+    assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())
+    lines = [entry.data for entry in read(path, 3)]
+    assert lines[-1] == b"line 199\n" and lines == [f"line {n}\n".encode() for n in range(200 - len(lines), 200)]
+    # An entry bigger than max-size gets a file of its own rather than rotating forever.
+    big = JsonFileLog(tmp_path / "big-json.log", max_size=10, max_files=2)
+    big.write(1, b"a line longer than ten bytes\nand another\n")
+    big.close()
+    assert [entry.data for entry in read(tmp_path / "big-json.log", 2)] == [b"a line longer than ten bytes\n",
+                                                                           b"and another\n"]
+
+
 def test_one_file_is_cut_in_place(tmp_path: Path) -> None:
     path = tmp_path / "c-json.log"
     log = JsonFileLog(path, max_size=100, max_files=1)
