@@ -114,7 +114,9 @@ def build(cache: Path) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         with tarfile.open(SOURCE_TARBALL) as tar:
-            tar.extractall(partial, filter="tar")
+            # Debian's own tarball; the extraction filter where this Python has it (3.11.4 and later,
+            # not Debian 12's first 3.11.2 builds).
+            tar.extractall(partial, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
         (top,) = partial.iterdir()
         top.rename(src)
         partial.rmdir()
