@@ -116,7 +116,10 @@ def build(cache: Path) -> Path:
         with tarfile.open(SOURCE_TARBALL) as tar:
             # Debian's own tarball; the extraction filter where this Python has it (3.11.4 and later,
             # not Debian 12's first 3.11.2 builds).
-            tar.extractall(partial, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
+            if hasattr(tarfile, "tar_filter"):
+                tar.extractall(partial, filter="tar")
+            else:
+                tar.extractall(partial)
         (top,) = partial.iterdir()
         top.rename(src)
         partial.rmdir()
