@@ -84,6 +84,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except web.HTTPException:
         raise
+    except ConnectionResetError:
+        # The client went away in the middle of a streamed answer (a CLI killed, a pipe closed):
+        # nothing to tell it, and nothing wrong here.  aiohttp finds the connection closed.
+        return web.Response(status=204)
     except Exception as err:
         for kind, status in STATUS:
             if isinstance(err, kind):

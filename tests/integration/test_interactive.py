@@ -185,3 +185,26 @@ def test_exec(hyper: Hyper, terminals: list[Terminal]) -> None:
     assert hyper("stop", "-t", "0", "target").returncode == 0
     stopped = hyper("exec", "target", "true")
     assert stopped.returncode == 125 and "is not running" in stopped.stderr
+
+
+def test_a_client_that_goes_away_leaves_the_container_running(hyper: Hyper) -> None:
+    # As with docker: the container runs on without its client, and hyperd takes the closed
+    # connection in its stride (no error logged for it).
+    logged = hyper.daemon.log.stat().st_size
+    client = subprocess.Popen([hyper.daemon.cli, "run", "--name", "orphaned", "busybox", "sh", "-c",
+                               "while :; do echo tick; done"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env=hyper.daemon.cli_env())
+    assert client.stdout is not None
+    try:
+        assert client.stdout.read(4096).startswith(b"tick")
+    finally:
+        client.kill()
+        client.wait()
+    cid = hyper("inspect", "--format", "{{.Id}}", "orphaned").stdout.strip()
+    log = hyper.daemon.root / "containers" / cid / f"{cid}-json.log"
+    size = log.stat().st_size
+    wait_for(lambda: log.stat().st_size > size + (256 << 10), 60, "more output after the client went away")
+    assert hyper("inspect", "--format", "{{.State.Status}}", "orphaned").stdout == "running\n"
+    with hyper.daemon.log.open("rb") as daemon_log:
+        daemon_log.seek(logged)
+        assert b"Traceback" not in daemon_log.read()
