@@ -83,12 +83,12 @@ class Podman:
                 return runtime
         raise PeerUnavailable("podman run fails here: " + "; ".join(self.passed_over))
 
-    def argv(self, *command: str, detach: bool = False) -> list[str]:
+    def argv(self, *command: str, detach: bool = False, name: str = "") -> list[str]:
         """The ``podman run`` that works here, for ``command`` instead of ``true`` (``detach``: with -d)."""
         if not self.run_argv:
             raise PeerUnavailable("podman is not set up")
         run = self.run_argv.index("run")
-        flags = ["-d"] if detach else []
+        flags = (["-d"] if detach else []) + (["--name", name] if name else [])
         return [*self.run_argv[:run + 1], *flags, *self.run_argv[run + 1:-1], *command]
 
     def exec_argv(self, container: str, *command: str) -> list[str]:

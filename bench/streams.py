@@ -104,11 +104,18 @@ class Bench:
 
         def hyper(*flags: str) -> Sample:
             name = f"bench-stdio-{time.monotonic_ns()}"
+            return ended(self.daemon.hyper("run", "--rm", "--name", name, *flags, "busybox", *command),
+                         self.daemon.hyper("rm", "-f", name))
+
+        def podman() -> Sample:
+            name = f"bench-stdio-{time.monotonic_ns()}"
+            return ended(self.podman.argv(*command, name=name), self.podman.podman("rm", "-f", name))
+
+        def ended(argv: list[str], rm: list[str]) -> Sample:
             try:
-                return stream_rate(self.daemon.hyper("run", "--rm", "--name", name, *flags, "busybox", *command), size)
-            finally:  # the CLI is gone; the container may still be (as docker's does, without its client)
-                subprocess.run(self.daemon.hyper("rm", "-f", name), stdin=subprocess.DEVNULL, capture_output=True,
-                               timeout=120, check=False)
+                return stream_rate(argv, size)
+            finally:  # the CLI is gone; the container is not (as docker's runs on without its client)
+                subprocess.run(rm, stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False)
 
         series = {"stdio_hyper": repeat("stdout of hyper run --rm (MB/s)", runs, hyper, warmup=1),
                   "stdio_nolog": repeat("the same, --log-driver none (MB/s)", runs,
@@ -116,8 +123,7 @@ class Bench:
                   "stdio_pipe": repeat("the same bytes through a host pipe (MB/s)", runs,
                                        lambda: stream_rate(list(command), size))}
         if self.podman.run_argv:
-            series["stdio_podman"] = repeat("stdout of podman run --rm (MB/s)", runs,
-                                            lambda: stream_rate(self.podman.argv(*command), size), warmup=1)
+            series["stdio_podman"] = repeat("stdout of podman run --rm (MB/s)", runs, podman, warmup=1)
         return series
 
     def exec_latency(self) -> dict[str, Series]:
