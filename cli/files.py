@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import posixpath
 import sys
-import tarfile
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +22,8 @@ from cli.common import connect, split_reference
 from cli.errors import HyperError
 
 if TYPE_CHECKING:
+    import tarfile
+
     from cli.client import Client
 
 GO_DIR = 1 << 31
@@ -112,6 +112,8 @@ def _host_target(destination: Path, name: str, is_dir: bool, contents: bool,
 
 
 def _to_container(client: Client, source: str, container: str, path: str, keep_owner: bool, follow: bool) -> None:
+    import threading
+
     if source == "-":
         client.extract(container, path, sys.stdin.buffer)
         return
@@ -150,6 +152,7 @@ def _to_container(client: Client, source: str, container: str, path: str, keep_o
 
 def _pack(local: Path, name: str, keep_owner: bool, fd: int, failure: list[BaseException]) -> None:
     """Write ``local`` as a tar under ``name`` to ``fd`` (owned by root unless ``keep_owner``, as docker does)."""
+    import tarfile
 
     def owner(member: tarfile.TarInfo) -> tarfile.TarInfo:
         member.uname = member.gname = ""
