@@ -4,11 +4,13 @@ The file (``--config-file``, default ``/etc/hyper/daemon.json`` when it exists) 
 ``daemon.json`` key names for what hyperd shares with dockerd::
 
     {"registry-mirrors": ["https://mirror.example"], "insecure-registries": ["10.0.0.0/8", "reg.lan:5000"],
-     "max-concurrent-downloads": 3, "bip": "172.31.0.1/16", "bridge": "none"}
+     "max-concurrent-downloads": 3, "bip": "172.31.0.1/16", "bridge": "none", "storage-opts": ["size=20G"]}
 
 ``bip`` is the default bridge network's gateway address and subnet; ``"bridge": "none"``
 turns the default bridge network off, so containers have no network unless one is asked
-for (dockerd's ``--bridge=none``).
+for (dockerd's ``--bridge=none``).  ``storage-opts`` ``size=`` is the size of the writable disk every
+container gets unless it asks for another (``--storage-opt size=``) or is removed when it exits
+(``--rm``, a tmpfs in its VM): sparse, so only what the container writes takes room.
 
 Flags add to the file's lists and override its scalars.  Unknown keys are refused, so a
 typo does not silently leave a setting at its default.
@@ -24,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hyperd import storage
 from hyperd.errors import InvalidArgument
 
 DEFAULT_HOST = "unix:///run/hyper/hyperd.sock"
 DEFAULT_ROOT = Path("/var/lib/hyper")
 SHARE = Path("/usr/local/share/hyper")
 DEFAULT_CONFIG_FILE = Path("/etc/hyper/daemon.json")
-FILE_KEYS = {"registry-mirrors", "insecure-registries", "max-concurrent-downloads", "bip", "bridge"}
+FILE_KEYS = {"registry-mirrors", "insecure-registries", "max-concurrent-downloads", "bip", "bridge", "storage-opts"}
 DEFAULT_BIP = "172.31.0.1/16"
 
 
@@ -61,6 +64,8 @@ class Config:
     """The default bridge network's gateway address with its prefix length."""
     bridge: bool = True
     """Whether the default bridge network exists (``--bridge none`` turns it off)."""
+    writable_size: int = storage.DEFAULT_SIZE
+    """Bytes of the writable disk of a container that names no size and outlives its run."""
 
     @classmethod
     def create(cls, host: str, root: Path, kernel: Path | None, guest_disk: Path | None, *,
@@ -95,6 +100,7 @@ class Config:
             max_concurrent_downloads=downloads,
             bip=str(gateway),
             bridge=bridge != "none",
+            writable_size=storage.parse_options(_options(settings, "storage-opts")) or storage.DEFAULT_SIZE,
         )
 
 
@@ -123,3 +129,14 @@ def _strings(settings: dict[str, Any], key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise InvalidArgument(f"{key} must be a list of strings")
     return tuple(value)
+
+
+def _options(settings: dict[str, Any], key: str) -> dict[str, str]:
+    """A list of ``KEY=VALUE`` strings as a mapping."""
+    options = {}
+    for item in _strings(settings, key):
+        name, equals, value = item.partition("=")
+        if not equals:
+            raise InvalidArgument(f"{key}: expected KEY=VALUE, not {item!r}")
+        options[name.strip()] = value
+    return options

@@ -53,6 +53,7 @@ log = logging.getLogger("hyperd")
 CONSOLE_TAIL = 20
 MAX_PROCESS_SPEC = 128 << 10
 MAX_INJECTED = 128 << 10
+"""Bytes of the files a pod spec injects into one container: they travel in the start request (256 KiB at most)."""
 MAX_CHANGES = 64 << 20
 """Bytes of ``diff`` lines taken from a guest."""
 MAX_ERROR = 4096
@@ -61,7 +62,10 @@ CHANGE_KINDS = {"C": 0, "A": 1, "D": 2}
 """docker's change kinds: modified, added, deleted."""
 GO_DIR, GO_SYMLINK = 1 << 31, 1 << 27
 """Go's os.FileMode bits, as docker's path stat reports a mode."""
-"""Bytes of the files a pod spec injects into one container: they travel in the start request (256 KiB at most)."""
+OFFLINE_PROCESS = ("sleep", "2147483647")
+"""The agent's busybox applet a stopped container's VM runs while its files are reached."""
+OFFLINE_LINGER = 3.0
+"""Seconds that VM waits for the next request: ``cp`` asks for a stat, then for the copy."""
 """Bytes of command and environment a container may have (the agent's messages are bounded)."""
 SUBSCRIBER_BACKLOG = 64
 """Output chunks a slow attach or logs client may lag behind before the container waits for it."""
@@ -165,6 +169,10 @@ class Daemon:
         """Resolved at the container's next exit (docker's wait condition next-exit)."""
         """Set while the container's pod runs: where stdin that arrived early waits."""
         self.execs: dict[str, Exec] = {}
+        self.offline: dict[str, asyncio.Lock] = {}
+        """By container id: held while a stopped container's files are reached in a VM of their own."""
+        self.lingering: dict[str, tuple[Pod, asyncio.TimerHandle]] = {}
+        """By container id: such a VM, between two requests."""
         self.restarts: dict[str, asyncio.Task[None]] = {}
         self.events = Events()
         """Pending restarts by restart policy, by container id."""
@@ -179,8 +187,8 @@ class Daemon:
         for record in self.db.load_pods():
             self.pod_records[record["id"]] = PodRecord(**record)
         for container in self.db.load():
+            _reclaim_vm(container)  # a running one's, or one booted to reach a stopped container's files
             if container.state in (ContainerState.RUNNING, ContainerState.REMOVING):
-                _reclaim_vm(container)
                 container.state = ContainerState.EXITED
                 container.exit_code = 255
                 container.error = "hyperd stopped while the container was running"
@@ -196,7 +204,9 @@ class Daemon:
         self.closing = True
         for task in list(self.restarts.values()):
             task.cancel()
-        await asyncio.gather(*(self._stop_pod(cid, 0) for cid in list(self.pods)), return_exceptions=True)
+        await asyncio.gather(*(self._stop_pod(cid, 0) for cid in list(self.pods)),
+                             *(self._quiesce(self.containers[cid]) for cid in list(self.lingering)),
+                             return_exceptions=True)
         if self.supervisors:
             await asyncio.wait(self.supervisors, timeout=SHUTDOWN_TIMEOUT * 2)
         await self.networks.close()
@@ -496,9 +506,10 @@ class Daemon:
         pods = await self._boot_sandbox([container], self._wiring(container), None, mark)
         return pods[container.id]
 
-    async def _prepare(self, container: Container, disks: list[Disk], shares: list[Share]) -> dict[str, Any]:
+    async def _prepare(self, container: Container, disks: list[Disk], shares: list[Share],
+                       joining: bool = False) -> dict[str, Any]:
         """The disks and shares the container needs in its VM (added to ``disks`` and ``shares``, each
-        once), and its ``rootfs`` for the agent."""
+        once), and its ``rootfs`` for the agent (``joining``: for a pod's VM that is already running)."""
         image = self.images.resolve(container.spec.image_id)
         disk = await asyncio.to_thread(self.images.disk, image)
         shutil.rmtree(self.container_dir(container) / "vm", ignore_errors=True)
@@ -506,10 +517,10 @@ class Daemon:
         if all(d.serial != serial for d in disks):
             disks.append(Disk(disk, serial))
         rootfs: dict[str, Any] = {"disk": serial, "fstype": "erofs"}
-        if container.spec.storage_size:
-            upper = self.container_dir(container) / "upper.ext4"
+        upper = self.container_dir(container) / "upper.ext4"
+        if upper.exists() or self._keeps_layer(container, joining):
             if not upper.exists():  # made once: it keeps the container's changes across its runs
-                await storage.create(upper, container.spec.storage_size)
+                await storage.create(upper, container.spec.storage_size or self.config.writable_size)
             disks.append(Disk(upper, f"upper{container.id[:12]}", readonly=False))
             rootfs["upper"] = {"disk": disks[-1].serial, "fstype": "ext4"}
         for index, device in enumerate(container.spec.devices):
@@ -517,6 +528,11 @@ class Daemon:
             rootfs.setdefault("devices", []).append({"disk": disks[-1].serial, "path": device.container})
         rootfs["mounts"] = await self._mounts(container, disks, shares)
         return rootfs
+
+    def _keeps_layer(self, container: Container, joining: bool = False) -> bool:
+        """Whether the container's writable layer is a disk of its own: unless it is removed when it exits
+        (``--rm``) or joins a running pod's VM (no hotplug) without asking for a size."""
+        return bool(container.spec.storage_size) or not (container.spec.autoremove or joining)
 
     def _claim_volumes(self, container: Container) -> None:
         names = [m.source for m in container.spec.mounts if m.type == "volume"]
@@ -580,7 +596,9 @@ class Daemon:
             info = sandbox.client.info
             assert info is not None
             for container in containers:
-                container.timings["init_started"] = round(container.timings["agent_ready"] - info.agent_startup, 4)
+                if "agent_ready" in container.timings:  # not when a stopped container's files are reached
+                    container.timings["init_started"] = round(container.timings["agent_ready"] - info.agent_startup,
+                                                              4)
             await sandbox.client.request("init", {
                 "version": info.version, "capabilities": sorted(info.capabilities),
                 "time": time.time(), "entropy": base64.b64encode(os.urandom(64)).decode(),
@@ -596,14 +614,17 @@ class Daemon:
         return sandbox
 
     async def _start_in(self, sandbox: Sandbox, container: Container, rootfs: dict[str, Any],
-                        mark: Callable[[str], None]) -> Pod:
-        """Start the container in a booted VM; its output streams are pumped into its log."""
+                        mark: Callable[[str], None], offline: bool = False) -> Pod:
+        """Start the container in a booted VM; its output streams are pumped into its log.  ``offline``:
+        the agent's busybox sleeps in the container instead of its command (no stdin, no log), so that
+        its files can be reached."""
         info = sandbox.client.info
         assert info is not None
         spec = container.spec
-        wanted = {"stdin"} if spec.open_stdin else set()
+        wanted = {"stdin"} if spec.open_stdin and not offline else set()
         wanted |= {"tty"} if spec.tty else set()
         wanted |= {"seccomp", "limits"}  # never run a container less confined than it asked
+        wanted |= {"tools"} if offline else set()
         if not wanted <= info.capabilities:
             raise errors.GuestError(f"the guest agent cannot give a container {' or '.join(sorted(wanted))} "
                                     "(a guest disk older than this hyperd): update the guest disk")
@@ -611,13 +632,16 @@ class Daemon:
         sandbox.exits[container.id] = exited
         pod = Pod(sandbox, exited)
         try:
-            pod.stdin = sandbox.client.open_input() if spec.open_stdin else None
+            pod.stdin = sandbox.client.open_input() if spec.open_stdin and not offline else None
             stdout = sandbox.client.open_stream()
             stderr = None if spec.tty else sandbox.client.open_stream()
-            pod.log = self._open_log(container)
-            pod.tasks = [asyncio.create_task(self._pump(container, 1, stdout, pod.log))]
-            if stderr is not None:
-                pod.tasks.append(asyncio.create_task(self._pump(container, 2, stderr, pod.log)))
+            if not offline:
+                pod.log = self._open_log(container)
+                pod.tasks = [asyncio.create_task(self._pump(container, 1, stdout, pod.log))]
+                if stderr is not None:
+                    pod.tasks.append(asyncio.create_task(self._pump(container, 2, stderr, pod.log)))
+            process = {**_process(spec, OFFLINE_PROCESS, (), "/", "0:0"), "tool": True} if offline else \
+                _process(spec, spec.args, spec.env, spec.workdir, spec.user)
             await sandbox.client.request("container.start", {
                 "id": container.id,
                 "rootfs": rootfs,
@@ -625,7 +649,7 @@ class Daemon:
                 "files": sandbox.network.files,
                 **({"inject": [{"path": path, "content": content, "mode": mode}
                                for path, content, mode in spec.files]} if spec.files else {}),
-                "process": _process(spec, spec.args, spec.env, spec.workdir, spec.user),
+                "process": process,
                 "limits": spec.resources.agent_limits(),
                 "security": spec.security.agent_security(),
                 "tmpfs": spec.security.tmpfs,
@@ -653,7 +677,7 @@ class Daemon:
         try:
             disks: list[Disk] = []
             shares: list[Share] = []
-            rootfs = await self._prepare(container, disks, shares)
+            rootfs = await self._prepare(container, disks, shares, joining=True)
             if ({d.serial for d in disks} | {s.tag for s in shares}) - sandbox.attached:
                 raise errors.StateError(
                     f"cannot start {container.name} in its running pod: its image, volumes, bind mounts, devices "
@@ -734,14 +758,77 @@ class Daemon:
             return await asyncio.to_thread(self.images.commit_layer, base, spool, reference, config=config,
                                            comment=comment, author=author)
 
+    @contextlib.asynccontextmanager
+    async def _reachable(self, container: Container, what: str) -> AsyncIterator[Pod]:
+        """Where the container's files can be reached: its pod while it runs; for a stopped container,
+        whose writable layer is a disk of its own, a VM booted for this alone (its root and volumes,
+        the agent's busybox sleeping in it, no network, no log, no events), ended afterwards."""
+        if container.id in self.pods:
+            yield self._running(container, what)
+            return
+        lock = self.offline.setdefault(container.id, asyncio.Lock())
+        async with lock:
+            if container.id in self.pods:
+                yield self._running(container, what)
+                return
+            if container.state not in (ContainerState.CREATED, ContainerState.EXITED):
+                now = "starting" if container.state == ContainerState.RUNNING else container.state.value
+                raise errors.StateError(f"cannot {what} container {container.name}: it is {now}")
+            kept = self.lingering.pop(container.id, None)
+            if kept is not None:
+                pod = kept[0]
+                kept[1].cancel()
+            elif not self._keeps_layer(container):
+                raise errors.StateError(f"cannot {what} container {container.name}: it is not running, and its "
+                                        "writable layer was a tmpfs in its VM (--rm), gone with it")
+            else:
+                wiring = Wiring(container.id, (), "none", (), (), container.spec.hostname or container.id[:12])
+                pods = await self._boot_sandbox([container], wiring, None, lambda _phase: None, offline=True)
+                pod = pods[container.id]
+            try:
+                yield pod
+            finally:
+                timer = asyncio.get_running_loop().call_later(OFFLINE_LINGER, self._end_offline_later, container)
+                self.lingering[container.id] = (pod, timer)
+                if self.closing or pod.sandbox.vm.child.returncode is not None:
+                    await self._end_offline(container)
+
+    def _end_offline_later(self, container: Container) -> None:
+        async def end() -> None:
+            async with self.offline[container.id]:
+                await self._end_offline(container)
+
+        task = asyncio.create_task(end())
+        self.supervisors.add(task)
+        task.add_done_callback(self.supervisors.discard)
+
+    async def _end_offline(self, container: Container) -> None:
+        """End the VM that reached the stopped container's files, if one is waiting (hold its lock)."""
+        kept = self.lingering.pop(container.id, None)
+        if kept is None:
+            return
+        pod, timer = kept
+        timer.cancel()
+        await self._teardown(pod.sandbox)
+        await self._detach(pod.sandbox.network)
+        self._release_volumes(container)
+
+    async def _quiesce(self, container: Container) -> None:
+        """Wait until no VM reaches the stopped container's files (its writable disk is free)."""
+        if (busy := self.offline.get(container.id)) is not None:
+            async with busy:
+                await self._end_offline(container)
+
     async def _guest_stream(self, container: Container, what: str, capability: str, method: str,
                             params: dict[str, Any]) -> AsyncIterator[bytes]:
-        """The data a running container's agent streams back for ``method``; the request's
+        """The data the agent of the container's VM streams back for ``method``; the request's
         refusal is raised before the first byte."""
-        pod = self.pods.get(container.id)
-        if pod is None:
-            raise errors.StateError(f"cannot {what} container {container.name}: it is not running, and its "
-                                    "filesystem is only reachable inside its VM")
+        async with self._reachable(container, what) as pod:
+            async for chunk in self._streamed(pod, container, what, capability, method, params):
+                yield chunk
+
+    async def _streamed(self, pod: Pod, container: Container, what: str, capability: str, method: str,
+                        params: dict[str, Any]) -> AsyncIterator[bytes]:
         if pod.client.info is None or capability not in pod.client.info.capabilities:
             raise errors.StateError(f"cannot {what} container {container.name}: its guest agent does not offer "
                                     f"{what} (a guest disk older than this hyperd)")
@@ -812,7 +899,12 @@ class Daemon:
         """Run an applet of the agent's busybox as root in the container's namespaces, with ``body`` as its
         stdin; its stdout.  A failure raises its first line of stderr (NotFound when it says ``missing``
         does not exist)."""
-        pod = self._running(container, what)
+        async with self._reachable(container, what) as pod:
+            async for chunk in self._run_tool(pod, container, what, args, body, missing):
+                yield chunk
+
+    async def _run_tool(self, pod: Pod, container: Container, what: str, args: list[str],
+                        body: AsyncIterator[bytes] | None, missing: str) -> AsyncIterator[bytes]:
         if pod.client.info is None or "tools" not in pod.client.info.capabilities:
             raise errors.StateError(f"cannot {what} container {container.name}: its guest agent has no tools "
                                     "(a guest disk older than this hyperd)")
@@ -821,7 +913,7 @@ class Daemon:
         feeding: asyncio.Task[None] | None = None
         failure = bytearray()
         try:
-            await self.start_exec(ex.id, detach=False)
+            await self._launch_exec(pod, ex, detach=False)
             if body is not None and ex.stdin is not None:
                 feeding = asyncio.create_task(_feed(ex.stdin, body))
             while (item := await ex.output.get()) is not None:
@@ -1116,6 +1208,7 @@ class Daemon:
     async def remove(self, ref: str, force: bool, volumes: bool = False) -> None:
         """``docker rm [-f] [-v]``: ``volumes`` removes the container's anonymous volumes too."""
         container = self.get(ref)
+        await self._quiesce(container)
         if container.state == ContainerState.RUNNING:
             if not force:
                 raise errors.Conflict(
@@ -1149,6 +1242,7 @@ class Daemon:
         await asyncio.to_thread(shutil.rmtree, self.container_dir(container), True)
         self.db.delete(container.id)
         del self.containers[container.id]
+        self.offline.pop(container.id, None)
         record = self.pod_records.get(container.spec.pod)
         if record is not None and container.id in record.containers:
             record.containers.remove(container.id)
@@ -1237,15 +1331,21 @@ class Daemon:
         return record
 
     async def _boot_sandbox(self, members: list[Container], wiring: Wiring, record: PodRecord | None,
-                            mark: Callable[[str], None]) -> dict[str, Pod]:
+                            mark: Callable[[str], None], offline: bool = False) -> dict[str, Pod]:
         """Boot a VM for ``members`` (the containers of ``record``, or one container of its own) and start
-        them in it; all start, or nothing is left running."""
+        them in it; all start, or nothing is left running.  ``offline``: see ``_start_in``."""
         claimed: list[Container] = []
         try:
             disks: list[Disk] = []
             shares: list[Share] = []
             roots = {}
             for container in members:
+                if not offline:
+                    await self._quiesce(container)
+                for name in (m.source for m in container.spec.mounts if m.type == "volume"):
+                    holder = self.attached.get(name, "")
+                    if holder in self.lingering and holder != container.id:  # a finished cp holds it
+                        await self._quiesce(self.containers[holder])
                 self._claim_volumes(container)
                 claimed.append(container)
                 roots[container.id] = await self._prepare(container, disks, shares)
@@ -1264,7 +1364,7 @@ class Daemon:
                 if record is not None:
                     sandbox.pod, sandbox.shared = record.id, record.shares
                 try:
-                    pods = {c.id: await self._start_in(sandbox, c, roots[c.id], mark) for c in members}
+                    pods = {c.id: await self._start_in(sandbox, c, roots[c.id], mark, offline) for c in members}
                     await self.networks.serve(attachment)
                 except BaseException:
                     await self._teardown(sandbox)
@@ -1426,7 +1526,9 @@ class Daemon:
         ex = self.get_exec(exec_id)
         if ex.running or ex.exit_code is not None:
             raise errors.Conflict(f"exec {exec_id[:12]} has already run")
-        pod = self._running(ex.container, "exec in")
+        return await self._launch_exec(self._running(ex.container, "exec in"), ex, detach)
+
+    async def _launch_exec(self, pod: Pod, ex: Exec, detach: bool) -> Exec:
         if pod.client.info is None or "exec" not in pod.client.info.capabilities:
             raise errors.StateError("the guest agent cannot exec (a guest disk older than this hyperd)")
         ex.running = True

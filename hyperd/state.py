@@ -59,7 +59,8 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     exposed_ports: tuple[str, ...] = ()
     storage_size: int = 0
-    """Bytes of the container's own writable disk (``--storage-opt size=``); 0 for a tmpfs in the guest."""
+    """Bytes of the container's own writable disk (``--storage-opt size=``); 0: the daemon's default size
+    (a tmpfs in the guest for ``--rm`` and for a container joining a running pod)."""
     hostname: str = ""
     network_mode: str = "none"
     """``none``, ``user``, or the name of the bridge network the container joins first."""

@@ -1,10 +1,11 @@
-"""A container's writable layer on a disk of its own (``--storage-opt size=``).
+"""A container's writable layer on a disk of its own.
 
-By default the writable layer is a tmpfs in the guest: fast, bounded by the VM's memory,
-and gone with the VM.  With a size, hyperd gives the container a sparse ext4 image file in
-its directory, attached read-write to every VM that runs the container, where hyperstart
-keeps the overlay's upper and work directories: the size is a hard limit the guest kernel
-enforces, and the changes survive a restart of the container, as Docker's do.
+hyperd gives every container that outlives its run a sparse ext4 image file in its directory
+(``--storage-opt size=``, or the daemon's ``storage-opts`` default), attached read-write to
+every VM that runs the container, where hyperstart keeps the overlay's upper and work
+directories: the size is a hard limit the guest kernel enforces, and the changes survive a
+restart of the container, as Docker's do, and can be copied, diffed or committed after it
+stopped.  A ``--rm`` container's writable layer is a tmpfs in its VM: it goes with the VM.
 
 The file is written by the guest, which is untrusted: hyperd creates it and hands it to
 QEMU, and never mounts or reads it on the host.
@@ -23,13 +24,15 @@ from hyperd.errors import InvalidArgument, StorageError
 MIN_SIZE = 32 << 20
 """Bytes; below this ext4's own metadata leaves the container next to nothing."""
 MAX_SIZE = 16 << 40
+DEFAULT_SIZE = 10 << 30
+"""docker's devicemapper default; sparse, so an unused size costs nothing."""
 MKFS = "mkfs.ext4"
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 
 
 def parse_options(options: dict[str, str]) -> int:
-    """Docker's ``--storage-opt`` as the writable layer's size in bytes (0: a tmpfs, the default)."""
+    """Docker's ``--storage-opt`` as the writable layer's size in bytes (0: none given)."""
     unknown = sorted(set(options) - {"size"})
     if unknown:
         raise InvalidArgument(f"unknown storage option {unknown[0]!r}: only size=SIZE is supported")

@@ -1,4 +1,4 @@
-"""A running container's files from the host: ``cp`` both ways, ``diff`` and ``commit``."""
+"""A container's files from the host, running or stopped: ``cp`` both ways, ``diff``, ``commit`` and ``export``."""
 
 from __future__ import annotations
 
@@ -135,11 +135,9 @@ def test_cp_errors_are_one_line(hyper: Hyper, tmp_path: Path) -> None:
     assert (no_parent.returncode, lines(no_parent.stderr)) == (125, [f"hyper: no such directory: {tmp_path / 'none'}"])
     no_container = hyper("cp", str(tmp_path), "nosuch:/tmp")
     assert (no_container.returncode, lines(no_container.stderr)) == (125, ["hyper: No such container: nosuch"])
-    assert hyper("run", "--name", "stopped", "busybox", "true").returncode == 0
-    stopped = hyper("cp", "stopped:/etc/passwd", str(tmp_path / "p"))
-    assert stopped.returncode == 125
-    assert lines(stopped.stderr) == ["hyper: container stopped is not running"]
-    assert not (tmp_path / "p").exists() and not (tmp_path / "x").exists()
+    assert hyper("run", "--rm", "-d", "--name", "removed", "busybox", "sleep", "600").returncode == 0
+    assert hyper("cp", "removed:/etc/passwd", str(tmp_path / "p")).returncode == 0
+    assert not (tmp_path / "x").exists()
 
 
 def test_diff_and_commit(hyper: Hyper) -> None:
@@ -167,13 +165,67 @@ def test_diff_and_commit(hyper: Hyper) -> None:
     assert hyper("rmi", "committed:1").returncode == 0
 
 
-def test_commit_refuses_bad_changes_and_stopped_containers(hyper: Hyper) -> None:
+def test_commit_refuses_bad_changes(hyper: Hyper) -> None:
     _running(hyper, "source")
     bad = hyper("commit", "-c", "RUN rm -rf /", "source", "bad:1")
     assert (bad.returncode, lines(bad.stderr)) == (125, ["hyper: RUN is not a valid change command"])
     assert hyper("images", "-q", "bad:1").stdout == ""
     assert hyper("rm", "-f", "source").returncode == 0
-    assert hyper("run", "--name", "done", "busybox", "true").returncode == 0
-    stopped = hyper("commit", "done", "bad:2")
-    assert stopped.returncode == 125 and len(lines(stopped.stderr)) == 1
-    assert "not running" in stopped.stderr
+
+
+def _vms(hyper: Hyper, cid: str) -> list[str]:
+    """The QEMU processes of the container's VMs (named hyper-<short id>)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if f"hyper-{cid[:12]}" in line and "qemu" in line]
+
+
+def test_a_stopped_container_s_files_are_still_reachable(hyper: Hyper, tmp_path: Path) -> None:
+    # docker's create, cp in, start, cp out: the habit of CI jobs.
+    (tmp_path / "input").write_text("from the host\n")
+    created = hyper("create", "--name", "job", "-v", "jobvol:/vol", "busybox", "sh", "-c",
+                    "mkdir /out && tr a-z A-Z < /input > /out/result && rm /etc/group && echo kept > /vol/x")
+    assert created.returncode == 0, created.stderr
+    cid = created.stdout.strip()
+    copied_in = hyper("cp", str(tmp_path / "input"), "job:/input")
+    assert copied_in.returncode == 0, copied_in.stderr
+    assert hyper("inspect", "--format", "{{.State.Status}}", "job").stdout == "created\n"
+    assert hyper("start", "-a", "job").returncode == 0
+
+    finished = hyper("inspect", "--format", "{{.State.Status}} {{.State.FinishedAt}}", "job").stdout
+    copied_out = hyper("cp", "job:/out", str(tmp_path / "out"))
+    assert copied_out.returncode == 0, copied_out.stderr
+    assert (tmp_path / "out" / "result").read_text() == "FROM THE HOST\n"
+    # The VM that reached them waits a moment for the next request, and gives way to a pod wanting the volume.
+    assert hyper("run", "--rm", "-v", "jobvol:/vol", "busybox", "cat", "/vol/x").stdout == "kept\n"
+    diff = hyper("diff", "job")
+    assert {"A /input", "A /out", "A /out/result", "D /etc/group"} <= set(lines(diff.stdout)), diff.stderr
+    exported = subprocess.run([hyper.daemon.cli, "export", "job"], capture_output=True, env=hyper.daemon.cli_env(),
+                              check=False)
+    assert exported.returncode == 0, exported.stderr
+    with tarfile.open(fileobj=io.BytesIO(exported.stdout)) as tar:
+        names = {name.removeprefix("./") for name in tar.getnames()}
+    assert "out/result" in names and "etc/group" not in names and "bin/busybox" in names
+    committed = hyper("commit", "-c", "CMD cat /out/result", "job", "job-result:1")
+    assert committed.returncode == 0, committed.stderr
+    assert hyper("run", "--rm", "job-result:1").stdout == "FROM THE HOST\n"
+
+    # None of it ran the container again.
+    assert hyper("inspect", "--format", "{{.State.Status}} {{.State.FinishedAt}}", "job").stdout == finished
+    assert "exited" in finished
+    # The next run finds what the first one left (its writable layer is a disk of its own), and no VM is left.
+    assert hyper("start", "-a", "job").returncode == 1  # mkdir /out: it exists
+    wait_for(lambda: _vms(hyper, cid) == [], 30, "the container's VMs to end")
+    assert hyper("rmi", "job-result:1").returncode == 0
+    assert hyper("rm", "job").returncode == 0
+    assert hyper("volume", "rm", "jobvol").returncode == 0
+
+
+def test_a_removed_containers_layer_is_gone_with_its_vm(hyper: Hyper, tmp_path: Path) -> None:
+    created = hyper("create", "--rm", "--name", "fleeting", "busybox", "true")
+    assert created.returncode == 0, created.stderr
+    refused = hyper("cp", "fleeting:/etc/passwd", str(tmp_path / "p"))
+    assert refused.returncode == 125
+    [line] = lines(refused.stderr)
+    assert line.startswith("hyper: cannot ") and line.endswith(
+        " container fleeting: it is not running, and its writable layer was a tmpfs in its VM (--rm), gone with it")
+    assert not (tmp_path / "p").exists()

@@ -53,10 +53,19 @@ def test_flags_add_to_the_files_lists_and_override_its_scalars(tmp_path: Path) -
     ({"insecure-registries": [""]}, "insecure-registries must be a list of strings"),
     ({"max-concurrent-downloads": 0}, "from 1 to 64"),
     ({"max-concurrent-downloads": True}, "from 1 to 64"),
+    ({"storage-opts": ["size"]}, "storage-opts: expected KEY=VALUE, not 'size'"),
+    ({"storage-opts": ["size=1K"]}, "out of range"),
+    ({"storage-opts": ["quota=1G"]}, "unknown storage option 'quota'"),
 ])
 def test_a_bad_file_is_one_clear_error(tmp_path: Path, settings: object, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         create(tmp_path, settings)
+
+
+def test_the_default_writable_disk_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_FILE", tmp_path / "absent.json")
+    assert create(tmp_path).writable_size == 10 << 30
+    assert create(tmp_path, {"storage-opts": ["size=20G"]}).writable_size == 20 << 30
 
 
 def test_a_named_file_that_is_missing_is_an_error(tmp_path: Path) -> None:
