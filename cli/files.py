@@ -1,4 +1,4 @@
-"""``hyper cp``, ``hyper diff`` and ``hyper commit``: a running container's files and changes.
+"""``hyper cp``, ``hyper diff`` and ``hyper commit``: a container's files and changes, running or stopped.
 
 cp follows docker's rules for naming: into an existing directory a source keeps its name,
 otherwise it takes the destination's; ``SRC/.`` copies a directory's content.  Unpacking on

@@ -513,7 +513,7 @@ def logs(host: str, follow: bool, timestamps: bool, tail: str, since: str | None
 @click.argument("container")
 @click.pass_obj
 def export(host: str, path: str | None, container: str) -> None:
-    """Export a running container's filesystem (its image with its changes) as a tar archive."""
+    """Export a container's filesystem (its image with its changes) as a tar archive."""
     from cli.common import refuse_terminal, write_archive
 
     refuse_terminal(path)
