@@ -171,8 +171,11 @@ class Qemu:
         disks = [(spec.guest_disk, GUEST_DISK_SERIAL, True)]
         disks += [(disk.path, disk.serial, disk.readonly) for disk in spec.disks]
         for index, (path, serial, readonly) in enumerate(disks):
+            # A host error (a full disk above all) is the guest's I/O error, never a paused VM:
+            # QEMU's default stops the whole VM on ENOSPC, every container of the pod with it.
             argv += [
-                "-drive", f"file={path},if=none,id=disk{index},format=raw,readonly={'on' if readonly else 'off'}",
+                "-drive", f"file={path},if=none,id=disk{index},format=raw,readonly={'on' if readonly else 'off'},"
+                          "werror=report,rerror=report",
                 "-device", f"virtio-blk-device,drive=disk{index},serial={serial}",
             ]
         for index, share in enumerate(spec.shares):

@@ -24,6 +24,7 @@ def test_guest_disk_comes_first_and_disks_keep_their_modes(tmp_path: Path) -> No
     drives = option_values(argv, "-drive")
     assert drives[0].startswith("file=/g/guest.erofs,") and "readonly=on" in drives[0]
     assert "readonly=on" in drives[1] and "readonly=off" in drives[2]
+    assert all("werror=report,rerror=report" in drive for drive in drives)  # a full host disk never pauses a VM
     serials = [d.rsplit("serial=", 1)[1] for d in option_values(argv, "-device") if "virtio-blk" in d]
     assert serials == [qemu.GUEST_DISK_SERIAL, "imga", "volb"]
     assert "root=/dev/vda" in option_values(argv, "-append")[0]
