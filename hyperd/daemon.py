@@ -795,8 +795,7 @@ class Daemon:
 
     def _end_offline_later(self, container: Container) -> None:
         async def end() -> None:
-            async with self.offline[container.id]:
-                await self._end_offline(container)
+            await self._quiesce(container)
 
         task = asyncio.create_task(end())
         self.supervisors.add(task)
@@ -1208,7 +1207,6 @@ class Daemon:
     async def remove(self, ref: str, force: bool, volumes: bool = False) -> None:
         """``docker rm [-f] [-v]``: ``volumes`` removes the container's anonymous volumes too."""
         container = self.get(ref)
-        await self._quiesce(container)
         if container.state == ContainerState.RUNNING:
             if not force:
                 raise errors.Conflict(
@@ -1231,6 +1229,7 @@ class Daemon:
             self.removed[container.id].set()
 
     async def _remove(self, container: Container, volumes: bool = False) -> None:
+        await self._quiesce(container)  # a VM reaching its files goes first
         if container.id not in self.containers:
             return
         self._cancel_restart(container)
