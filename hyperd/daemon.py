@@ -623,7 +623,7 @@ class Daemon:
         spec = container.spec
         wanted = {"stdin"} if spec.open_stdin and not offline else set()
         wanted |= {"tty"} if spec.tty else set()
-        wanted |= {"seccomp", "limits"}  # never run a container less confined than it asked
+        wanted |= {"seccomp", "limits", "devices"}  # never run a container less confined than it asked
         wanted |= {"tools"} if offline else set()
         if not wanted <= info.capabilities:
             raise errors.GuestError(f"the guest agent cannot give a container {' or '.join(sorted(wanted))} "

@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 
-from hyperstart import cgroup, container, network, proc, syscalls, volumes
+from hyperstart import cgroup, container, devcg, network, proc, syscalls, volumes
 from hyperstart.protocol import (
     DATA_CHUNK,
     INITIAL_WINDOW,
@@ -48,7 +48,7 @@ AGENT_VERSION = "0.1.0"
 MAX_ERROR = 2048
 """Characters of an error message sent to the host (which refuses longer ones)."""
 CAPABILITIES = ("containers", "signals", "stdio", "export", "network", "stdin", "tty", "exec", "stats", "limits",
-                "seccomp", "changes", "tools")
+                "seccomp", "changes", "tools", "devices")
 TAR = (container.TOOL, "tar")
 TIOCSWINSZ = 0x5414
 F_SETPIPE_SZ = 1031
@@ -531,6 +531,9 @@ class Agent:
         try:
             volumes.attach(box, list(rootfs.get("mounts") or []))
             box.cgroup = cgroup.create(cid, args.get("limits") or {})
+            if not box.privileged:
+                devcg.restrict(box.cgroup, [(devcg.BLOCK, *container.device_numbers(serial), devcg.RWM)
+                                            for serial, _ in box.devices])
         except BaseException:
             del self.containers[cid]
             container.release(box)

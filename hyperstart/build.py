@@ -29,8 +29,8 @@ PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
 )
 PYTHON = "/usr/bin/python3.11"
-GUEST_MODULES = ("agent", "cgroup", "changes", "container", "network", "proc", "protocol", "seccomp", "syscalls",
-                 "volumes")
+GUEST_MODULES = ("agent", "cgroup", "changes", "container", "devcg", "network", "proc", "protocol", "seccomp",
+                 "syscalls", "volumes")
 UUID = "8e1d7f0c-5c2b-4b9a-9d34-68797065722e"
 # Directories the agent mounts over or writes into at boot.
 MOUNT_POINTS = ("proc", "sys", "dev", "run", "tmp")

@@ -268,6 +268,13 @@ def release(container: Container) -> None:
             syscalls.umount(target, syscalls.MNT_DETACH)
 
 
+def device_numbers(serial: str) -> tuple[int, int]:
+    """The major and minor numbers of the disk with virtio-blk ``serial``."""
+    with open(f"/sys/block/{disk_by_serial(serial).removeprefix('/dev/')}/dev") as f:
+        major, minor = (int(n) for n in f.read().split(":"))
+    return major, minor
+
+
 def _populate_dev(root: str, pts: str, devices: list[tuple[str, str]]) -> None:
     dev = f"{root}/dev"
     syscalls.mount("tmpfs", dev, "tmpfs", syscalls.MS_NOSUID, "mode=755,size=65536k")
@@ -276,11 +283,9 @@ def _populate_dev(root: str, pts: str, devices: list[tuple[str, str]]) -> None:
         os.chmod(f"{dev}/{name}", 0o666)
     for serial, path in devices:
         # A --device: the disk the host attached for it, as a block node at the path asked for.
-        with open(f"/sys/block/{disk_by_serial(serial).removeprefix('/dev/')}/dev") as f:
-            major, minor = (int(n) for n in f.read().split(":"))
         node = f"{root}/{path.lstrip('/')}"
         os.makedirs(os.path.dirname(node), exist_ok=True)
-        os.mknod(node, 0o660 | stat.S_IFBLK, os.makedev(major, minor))
+        os.mknod(node, 0o660 | stat.S_IFBLK, os.makedev(*device_numbers(serial)))
     os.mkdir(f"{dev}/pts")
     syscalls.mount(pts, f"{dev}/pts", None, syscalls.MS_BIND)
     os.mkdir(f"{dev}/shm")

@@ -112,3 +112,8 @@ def open_in_root(root_fd: int, path: str, flags: int) -> int:
     how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
     return _check(_libc.syscall(437, root_fd, path.encode(), ctypes.byref(how), ctypes.sizeof(how)),
                   f"open {path}")
+
+
+def bpf(command: int, attr: ctypes.Array[ctypes.c_char], what: str) -> int:
+    """The bpf system call (321 on x86_64) with ``attr`` as its ``union bpf_attr``."""
+    return _check(_libc.syscall(321, command, attr, ctypes.sizeof(attr)), what)

@@ -128,6 +128,18 @@ def test_devices(hyper: Hyper, tmp_path: Path) -> None:
     assert missing.returncode == 125 and "no such file or directory" in missing.stderr
 
 
+def test_device_rules_keep_the_vms_disks_out_of_reach(hyper: Hyper) -> None:
+    # A container's root keeps CAP_MKNOD, as docker's does: it may make a node for one of the VM's
+    # disks (its own image, the volumes of the pod's other containers) but not open it, as with
+    # docker's device rules; --privileged may.
+    script = ("mknod /tmp/disk b $(cut -d: -f1 /sys/block/vda/dev) $(cut -d: -f2 /sys/block/vda/dev) && "
+              "{ head -c 4 /tmp/disk >/dev/null 2>&1 && echo read || echo refused; }; head -c 1 /dev/zero | wc -c")
+    confined = hyper("run", "--rm", "busybox", "sh", "-c", script)
+    assert confined.stdout.split() == ["refused", "1"], confined.stderr
+    privileged = hyper("run", "--rm", "--privileged", "busybox", "sh", "-c", script)
+    assert privileged.stdout.split() == ["read", "1"], privileged.stderr
+
+
 def test_default_seccomp_profile(hyper: Hyper) -> None:
     """syslog(2) needs no capability here (dmesg_restrict is 0), but docker's profile refuses it."""
     refused = hyper("run", "--rm", "busybox", "sh", "-c", "dmesg >/dev/null && echo read || echo refused")

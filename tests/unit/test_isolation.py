@@ -8,7 +8,7 @@ import pytest
 
 from hyperd.errors import InvalidArgument
 from hyperd.isolation import SECCOMP_DENIED, Device, Resources, Security, parse_size, split_device
-from hyperstart import seccomp
+from hyperstart import devcg, seccomp
 
 
 def test_sizes_and_vm_sizing() -> None:
@@ -56,6 +56,51 @@ def test_bpf_program_shape() -> None:
     for index in (4, 5, 6):  # every comparison jumps to the deny instruction when it matches
         _, jt, jf, _ = instructions[index]
         assert index + 1 + jt == deny and jf == 0
+
+
+def _run_device_program(code: bytes, kind: int, access: int, major: int, minor: int) -> int:
+    """Execute the device program on one request: an interpreter of the few eBPF instructions it uses."""
+    context = struct.pack("<III", (access << 16) | kind, major, minor)
+    regs = [0] * 11
+    pc = 0
+    while True:
+        op, registers, off, imm = struct.unpack("<BBhi", code[pc * 8:pc * 8 + 8])
+        dst, src = registers & 0xF, registers >> 4
+        pc += 1
+        if op == 0x61:  # the context is r1's only memory
+            assert src == 1 and off in (0, 4, 8)
+            regs[dst] = struct.unpack_from("<I", context, off)[0]
+        elif op == 0xBF:
+            regs[dst] = regs[src]
+        elif op == 0xB7:
+            regs[dst] = imm
+        elif op == 0x57:
+            regs[dst] &= imm & 0xFFFFFFFFFFFFFFFF
+        elif op == 0x77:
+            regs[dst] >>= imm
+        elif op == 0x55:
+            pc += off if regs[dst] != imm else 0
+        elif op == 0x95:
+            return regs[0]
+        else:
+            raise AssertionError(f"unexpected opcode {op:#x}")
+
+
+def test_device_rules_are_dockers_and_a_devices() -> None:
+    code = devcg.program([*devcg.DEFAULT_RULES, (devcg.BLOCK, 254, 16, devcg.READ | devcg.MKNOD)])
+
+    def allowed(kind: int, access: int, major: int, minor: int) -> bool:
+        return _run_device_program(code, kind, access, major, minor) == 1
+
+    char, block, read, write, mknod = devcg.CHAR, devcg.BLOCK, devcg.READ, devcg.WRITE, devcg.MKNOD
+    assert allowed(char, read | write, 1, 3) and allowed(char, read, 1, 9) and allowed(char, write, 136, 7)
+    assert allowed(char, read | write, 5, 2) and allowed(char, read, 10, 200)
+    assert allowed(block, mknod, 254, 0) and allowed(char, mknod, 4, 1)  # made, not used
+    assert not allowed(block, read, 254, 0) and not allowed(block, write, 254, 0)  # the VM's disks
+    assert not allowed(char, read, 1, 1) and not allowed(char, write, 4, 1)  # /dev/mem, a console
+    assert not allowed(block, read, 8, 0) and not allowed(char, read, 1, 4)
+    assert allowed(block, read, 254, 16) and not allowed(block, write, 254, 16)  # the --device, read-only
+    assert not allowed(block, read, 254, 17) and not allowed(char, read, 254, 16)
 
 
 def test_devices() -> None:
