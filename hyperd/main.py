@@ -64,6 +64,8 @@ async def serve(config: Config) -> None:
     hypervisor = await Qemu.detect(config.kernel, config.guest_disk, config.cache)
     if hypervisor.accel.name == "tcg":
         log.warning("using TCG (software emulation), not KVM: %s", hypervisor.accel.reason)
+    if hypervisor.cgroups is not None and not hypervisor.cgroups.bases:
+        log.warning("VMs run without host cgroup limits: %s", hypervisor.cgroups.reason)
     daemon = Daemon(config, hypervisor, ImageStore(config.root))
     daemon.recover()
     await daemon.networks.reclaim()

@@ -22,6 +22,7 @@ from hyperd.errors import BootFailed, HypervisorMissing
 from hyperd.network import USER_SUBNET
 from hyperd.vm import VMSpec
 from hyperd.vm.accel import Accelerator, probe
+from hyperd.vm.cgroup import TCG_CACHE_MIB, HostCgroups, limits_for
 from hyperstart.protocol import PORT_NAME
 
 BINARY = "qemu-system-x86_64"
@@ -65,8 +66,10 @@ class ConsoleLog:
 
 class QemuVM:
     def __init__(self, child: spawn.Child, agent: socket.socket, monitor: socket.socket, console: socket.socket,
-                 spec: VMSpec) -> None:
+                 spec: VMSpec, cgroups: list[Path]) -> None:
         self.child = child
+        self.cgroups = cgroups
+        """The host cgroups QEMU runs in, removed once it has exited."""
         self.pid = child.pid
         self.agent = agent
         self._monitor_sock = monitor
@@ -122,15 +125,17 @@ class QemuVM:
         self._console.cancel()
         self.agent.close()
         self._monitor_sock.close()
+        HostCgroups.remove(self.cgroups)
 
 
 class Qemu:
     name = "qemu"
 
-    def __init__(self, binary: str, version: str, accel: Accelerator) -> None:
+    def __init__(self, binary: str, version: str, accel: Accelerator, cgroups: HostCgroups | None = None) -> None:
         self.binary = binary
         self.version = version
         self.accel = accel
+        self.cgroups = cgroups
 
     @classmethod
     async def detect(cls, kernel: Path, guest_disk: Path, cache: Path, binary: str = BINARY) -> Qemu:
@@ -145,7 +150,7 @@ class Qemu:
             raise HypervisorMissing(f"{path} --version failed: {out.strip()}")
         version = out.split("\n")[0].removeprefix("QEMU emulator version ").strip()
         accel = await probe(path, version, kernel, guest_disk, cache)
-        return cls(path, version, accel)
+        return cls(path, version, accel, HostCgroups())
 
     def describe(self) -> dict[str, str]:
         return {
@@ -161,7 +166,8 @@ class Qemu:
         argv = [
             self.binary, "-name", spec.name,
             "-M", "microvm,x-option-roms=off,acpi=off",
-            "-accel", self.accel.name, "-cpu", "host" if kvm else "max",
+            # TCG's translated-code cache bounded, so that the VM's host cgroup can bound QEMU.
+            "-accel", "kvm" if kvm else f"tcg,tb-size={TCG_CACHE_MIB}", "-cpu", "host" if kvm else "max",
             "-m", str(spec.memory_mib), "-smp", str(spec.vcpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(spec.kernel), "-append", KERNEL_ARGS,
@@ -221,7 +227,12 @@ class Qemu:
         finally:
             for sock in (agent_vm, monitor_vm, console_vm):
                 sock.close()
-        vm = QemuVM(child, agent_host, monitor_host, console_host, spec)
+        groups: list[Path] = []
+        if self.cgroups is not None:
+            self.cgroups.reclaim()  # the empty groups of VMs gone (a crashed hyperd's among them)
+            groups = self.cgroups.place(spec.name, child.pid, limits_for(spec.memory_mib, spec.vcpus,
+                                                                           self.accel.name != "kvm"))
+        vm = QemuVM(child, agent_host, monitor_host, console_host, spec, groups)
         try:
             await vm.connect_monitor()
         except Exception as err:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.integration.conftest import Hyper
+from tests.integration.conftest import Hyper, wait_for
 
 DOCKER_DEFAULT_CAPS = "00000000a80425fb"
 """docker's 14 default capabilities as /proc/self/status prints them."""
@@ -138,6 +138,30 @@ def test_device_rules_keep_the_vms_disks_out_of_reach(hyper: Hyper) -> None:
     assert confined.stdout.split() == ["refused", "1"], confined.stderr
     privileged = hyper("run", "--rm", "--privileged", "busybox", "sh", "-c", script)
     assert privileged.stdout.split() == ["read", "1"], privileged.stderr
+
+
+def _host_group(pid: int) -> tuple[Path, str]:
+    """The host cgroup holding ``pid``'s memory, and the file that limits it (v1 or v2)."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        path = next(line.split(":", 2)[2] for line in lines if line.startswith("0::"))
+        return Path("/sys/fs/cgroup" + path), "memory.max"
+    path = next(line.split(":", 2)[2] for line in lines if "memory" in line.split(":")[1].split(","))
+    return Path("/sys/fs/cgroup/memory" + path), "memory.limit_in_bytes"
+
+
+def test_each_vm_runs_in_a_host_cgroup_with_its_limits(hyper: Hyper) -> None:
+    started = hyper("run", "-d", "--name", "bounded", "-m", "300m", "busybox", "sleep", "600")
+    assert started.returncode == 0, started.stderr
+    pid = int(hyper("inspect", "--format", "{{.State.Pid}}", "bounded").stdout)
+    group, limit = _host_group(pid)
+    assert group.name == f"hyper-{started.stdout.strip()[:12]}" and group.parent.name == "hyper"
+    # The VM's memory (the container's limit and the guest's 96 MiB), QEMU's own 192 MiB, and
+    # under TCG its translated-code cache, bounded on its command line.
+    tcg = b"tcg,tb-size=256" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert int((group / limit).read_text()) == (300 + 96 + 192 + (256 if tcg else 0)) << 20
+    assert hyper("rm", "-f", "bounded").returncode == 0
+    wait_for(lambda: not group.exists(), 30, "the VM's host cgroup to go")
 
 
 def test_default_seccomp_profile(hyper: Hyper) -> None:

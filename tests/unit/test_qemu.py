@@ -31,7 +31,7 @@ def test_guest_disk_comes_first_and_disks_keep_their_modes(tmp_path: Path) -> No
     assert option_values(argv, "-m") == ["512"] and option_values(argv, "-smp") == ["2"]
     chardevs = option_values(argv, "-chardev")
     assert {"socket,id=agent,fd=10", "socket,id=monitor,fd=11", "socket,id=console,fd=12"} <= set(chardevs)
-    assert option_values(argv, "-accel") == ["tcg"] and option_values(argv, "-cpu") == ["max"]
+    assert option_values(argv, "-accel") == ["tcg,tb-size=256"] and option_values(argv, "-cpu") == ["max"]
 
 
 def test_kvm_uses_the_host_cpu(tmp_path: Path) -> None:
