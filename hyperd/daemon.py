@@ -673,6 +673,7 @@ class Daemon:
     async def _join(self, container: Container, mark: Callable[[str], None]) -> Pod:
         """Start a container of a running pod in the pod's VM, which must have every disk and share it needs."""
         sandbox = self.sandboxes[container.spec.pod]
+        await self._free_disks(container)
         self._claim_volumes(container)
         try:
             disks: list[Disk] = []
@@ -811,6 +812,16 @@ class Daemon:
         await self._teardown(pod.sandbox)
         await self._detach(pod.sandbox.network)
         self._release_volumes(container)
+
+    async def _free_disks(self, container: Container, itself: bool = True) -> None:
+        """End the VMs reaching stopped containers' files that hold the container's writable disk
+        (``itself``) or its volumes: two kernels must never mount one filesystem."""
+        if itself:
+            await self._quiesce(container)
+        for name in (m.source for m in container.spec.mounts if m.type == "volume"):
+            holder = self.attached.get(name, "")
+            if holder in self.lingering and holder != container.id:  # a finished cp holds it
+                await self._quiesce(self.containers[holder])
 
     async def _quiesce(self, container: Container) -> None:
         """Wait until no VM reaches the stopped container's files (its writable disk is free)."""
@@ -1339,12 +1350,7 @@ class Daemon:
             shares: list[Share] = []
             roots = {}
             for container in members:
-                if not offline:
-                    await self._quiesce(container)
-                for name in (m.source for m in container.spec.mounts if m.type == "volume"):
-                    holder = self.attached.get(name, "")
-                    if holder in self.lingering and holder != container.id:  # a finished cp holds it
-                        await self._quiesce(self.containers[holder])
+                await self._free_disks(container, itself=not offline)
                 self._claim_volumes(container)
                 claimed.append(container)
                 roots[container.id] = await self._prepare(container, disks, shares)
