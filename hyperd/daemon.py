@@ -782,6 +782,9 @@ class Daemon:
             elif not self._keeps_layer(container):
                 raise errors.StateError(f"cannot {what} container {container.name}: it is not running, and its "
                                         "writable layer was a tmpfs in its VM (--rm), gone with it")
+            elif f"upper{container.id[:12]}" in getattr(self.sandboxes.get(container.spec.pod), "attached", ()):
+                raise errors.StateError(f"cannot {what} container {container.name}: the running VM of its pod "
+                                        "holds its disk; start the container, or stop the pod, first")
             else:
                 wiring = Wiring(container.id, (), "none", (), (), container.spec.hostname or container.id[:12])
                 pods = await self._boot_sandbox([container], wiring, None, lambda _phase: None, offline=True)

@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import DaemonFactory, Hyper, ps_row, wait_for
+from tests.integration.conftest import DaemonFactory, Hyper, lines, ps_row, wait_for
 
 PAGE = "<h1>served from a pod</h1>\n"
 
@@ -180,3 +180,24 @@ def test_pods_survive_a_daemon_restart(make_daemon: DaemonFactory, tmp_path: Pat
     assert daemon.hyper("logs", "kept-a").stdout == "hello\nhello\n"
     assert daemon.hyper("pod", "rm", "-f", "kept").returncode == 0
     assert daemon.hyper("pod", "ls", "-q").stdout == "" and daemon.hyper("ps", "-aq").stdout == ""
+
+
+def test_a_stopped_container_of_a_running_pod_keeps_its_files(hyper: Hyper, tmp_path: Path) -> None:
+    # Its writable disk stays attached to the pod's VM, which runs on: it is reached again by
+    # starting the container there, not by a VM of its own (two VMs never hold one disk).
+    name = f"keep{secrets.token_hex(3)}"
+    spec = {"id": name, "containers": [
+        {"name": "main", "image": "busybox", "command": ["sleep", "600"]},
+        {"name": "job", "image": "busybox", "command": ["sh", "-c", "cat /count 2>/dev/null; echo x >> /count"]}]}
+    assert hyper("pod", "create", "--start", "-f", str(write_spec(tmp_path, spec))).returncode == 0
+    try:
+        assert hyper("wait", f"{name}-job").stdout == "0\n"
+        refused = hyper("cp", f"{name}-job:/count", str(tmp_path / "count"))
+        assert (refused.returncode, lines(refused.stderr)) == (125, [
+            f"hyper: cannot stat container {name}-job: the running VM of its pod holds its disk; start the "
+            "container, or stop the pod, first"])
+        again = hyper("start", "-a", f"{name}-job")
+        assert (again.returncode, again.stdout) == (0, "x\n"), again.stderr
+        assert hyper("exec", f"{name}-main", "true").returncode == 0  # the pod lived on throughout
+    finally:
+        assert hyper("pod", "rm", "-f", name).returncode == 0
