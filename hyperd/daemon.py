@@ -521,7 +521,7 @@ class Daemon:
         if upper.exists() or self._keeps_layer(container, joining):
             if not upper.exists():  # made once: it keeps the container's changes across its runs
                 await storage.create(upper, container.spec.storage_size or self.config.writable_size)
-            disks.append(Disk(upper, f"upper{container.id[:12]}", readonly=False))
+            disks.append(Disk(upper, _upper_serial(container), readonly=False))
             rootfs["upper"] = {"disk": disks[-1].serial, "fstype": "ext4"}
         for index, device in enumerate(container.spec.devices):
             disks.append(Disk(Path(device.host), f"dev{index}{container.id[:12]}", readonly=not device.writable))
@@ -776,13 +776,14 @@ class Daemon:
                 now = "starting" if container.state == ContainerState.RUNNING else container.state.value
                 raise errors.StateError(f"cannot {what} container {container.name}: it is {now}")
             kept = self.lingering.pop(container.id, None)
+            pod_vm = self.sandboxes.get(container.spec.pod)
             if kept is not None:
                 pod = kept[0]
                 kept[1].cancel()
             elif not self._keeps_layer(container):
                 raise errors.StateError(f"cannot {what} container {container.name}: it is not running, and its "
                                         "writable layer was a tmpfs in its VM (--rm), gone with it")
-            elif f"upper{container.id[:12]}" in getattr(self.sandboxes.get(container.spec.pod), "attached", ()):
+            elif pod_vm is not None and _upper_serial(container) in pod_vm.attached:
                 raise errors.StateError(f"cannot {what} container {container.name}: the running VM of its pod "
                                         "holds its disk; start the container, or stop the pod, first")
             else:
@@ -1757,6 +1758,11 @@ def _injected(files: tuple[tuple[str, str, int], ...]) -> tuple[tuple[str, str, 
     if total > MAX_INJECTED:
         raise errors.InvalidArgument(f"injected files exceed {MAX_INJECTED >> 10} KiB")
     return tuple((os.path.normpath(path), content, mode) for path, content, mode in files)
+
+
+def _upper_serial(container: Container) -> str:
+    """The virtio-blk serial of the container's writable disk."""
+    return f"upper{container.id[:12]}"
 
 
 def _image_serial(image: Image) -> str:
