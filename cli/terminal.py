@@ -15,7 +15,9 @@ from typing import Any
 def raw(fd: int) -> Iterator[None]:
     """Raw mode (keys go to the container as typed, Ctrl-C included), restored however we leave."""
     saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
+    # TCSANOW, not setraw's default TCSAFLUSH: keys typed while the command started are kept
+    # and sent, as docker's client keeps them, not discarded.
+    tty.setraw(fd, termios.TCSANOW)
     try:
         yield
     finally:
