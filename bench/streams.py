@@ -23,11 +23,13 @@ figures only; no threshold makes it fail.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -79,6 +81,16 @@ def stream_rate(argv: list[str], size: int) -> Sample:
     return {"mb_s": (received - len(first)) / MB / elapsed}
 
 
+@contextlib.contextmanager
+def removed_after(rm: list[str]) -> Iterator[None]:
+    """Run ``rm`` (a ``rm -f`` of a named container) at the end, however the measurement ended:
+    a container runs on without its client, as docker's does."""
+    try:
+        yield
+    finally:
+        subprocess.run(rm, stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False)
+
+
 def rates(output: str, size: int) -> list[float]:
     """MB/s of each ``timed_in_guest`` command in ``output`` that moved ``size`` bytes."""
     found = [float(end) - float(start) for start, end in TIMED.findall(output)]
@@ -105,18 +117,13 @@ class Bench:
 
         def hyper(*flags: str) -> Sample:
             name = f"bench-stdio-{time.monotonic_ns()}"
-            return ended(self.daemon.hyper("run", "--rm", "--name", name, *flags, "busybox", *command),
-                         self.daemon.hyper("rm", "-f", name))
+            with removed_after(self.daemon.hyper("rm", "-f", name)):
+                return stream_rate(self.daemon.hyper("run", "--rm", "--name", name, *flags, "busybox", *command), size)
 
         def podman() -> Sample:
             name = f"bench-stdio-{time.monotonic_ns()}"
-            return ended(self.podman.argv(*command, name=name), self.podman.podman("rm", "-f", name))
-
-        def ended(argv: list[str], rm: list[str]) -> Sample:
-            try:
-                return stream_rate(argv, size)
-            finally:  # the CLI is gone; the container is not (as docker's runs on without its client)
-                subprocess.run(rm, stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False)
+            with removed_after(self.podman.podman("rm", "-f", name)):
+                return stream_rate(self.podman.argv(*command, name=name), size)
 
         series = {"stdio_hyper": repeat("stdout of hyper run --rm (MB/s)", runs, hyper, warmup=1),
                   "stdio_nolog": repeat("the same, --log-driver none (MB/s)", runs,
@@ -174,13 +181,10 @@ class Bench:
         def in_disk() -> Sample:
             name = f"bench-io-{time.monotonic_ns()}"
             script = f"if [ -e /data/f ]; then {read}; else mkdir /data; {write}; fi"
-            try:
+            with removed_after(self.daemon.hyper("rm", "-f", name)):
                 _, written = timed(self.daemon.hyper("run", "--name", name, "busybox", "sh", "-c", script),
                                    timeout=600)
                 _, back = timed(self.daemon.hyper("start", "-a", name), timeout=600)
-            finally:
-                subprocess.run(self.daemon.hyper("rm", "-f", name), stdin=subprocess.DEVNULL, capture_output=True,
-                               timeout=120, check=False)
             return {"write_mb_s": rates(written, size)[0], "read_mb_s": rates(back, size)[0]}
 
         def on_host() -> Sample:

@@ -52,6 +52,7 @@ log = logging.getLogger("hyperd")
 
 CONSOLE_TAIL = 20
 MAX_PROCESS_SPEC = 128 << 10
+"""Bytes of command and environment a container may have (the agent's messages are bounded)."""
 MAX_INJECTED = 128 << 10
 """Bytes of the files a pod spec injects into one container: they travel in the start request (256 KiB at most)."""
 MAX_CHANGES = 64 << 20
@@ -66,7 +67,6 @@ OFFLINE_PROCESS = ("sleep", "2147483647")
 """The agent's busybox applet a stopped container's VM runs while its files are reached."""
 OFFLINE_LINGER = 3.0
 """Seconds that VM waits for the next request: ``cp`` asks for a stat, then for the copy."""
-"""Bytes of command and environment a container may have (the agent's messages are bounded)."""
 SUBSCRIBER_BACKLOG = 64
 """Output chunks a slow attach or logs client may lag behind before the container waits for it."""
 SHUTDOWN_TIMEOUT = 5.0
@@ -799,10 +799,7 @@ class Daemon:
                     await self._end_offline(container)
 
     def _end_offline_later(self, container: Container) -> None:
-        async def end() -> None:
-            await self._quiesce(container)
-
-        task = asyncio.create_task(end())
+        task = asyncio.create_task(self._quiesce(container))
         self.supervisors.add(task)
         task.add_done_callback(self.supervisors.discard)
 

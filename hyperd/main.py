@@ -68,6 +68,8 @@ async def serve(config: Config) -> None:
         log.warning("VMs run without host cgroup limits: %s", hypervisor.cgroups.reason)
     daemon = Daemon(config, hypervisor, ImageStore(config.root))
     daemon.recover()
+    if hypervisor.cgroups is not None:
+        hypervisor.cgroups.reclaim()  # the host cgroups of a crashed hyperd's VMs, once, not at every launch
     await daemon.networks.reclaim()
     daemon.resume()
     # handler_cancellation: a client that goes away ends its attach or logs stream.

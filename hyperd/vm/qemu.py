@@ -229,7 +229,6 @@ class Qemu:
                 sock.close()
         groups: list[Path] = []
         if self.cgroups is not None:
-            self.cgroups.reclaim()  # the empty groups of VMs gone (a crashed hyperd's among them)
             groups = self.cgroups.place(spec.name, child.pid, limits_for(spec.memory_mib, spec.vcpus,
                                                                            self.accel.name != "kvm"))
         vm = QemuVM(child, agent_host, monitor_host, console_host, spec, groups)
