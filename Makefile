@@ -11,7 +11,7 @@ export HYPER_CACHE := $(CACHE)
 # What hyper needs at run time, to build the guest kernel and disk, and to test.
 APT_PACKAGES := qemu-system-x86 linux-source-6.1 busybox-static erofs-utils e2fsprogs \
 	build-essential bc bison flex libelf-dev libssl-dev python3-venv python3-pip xz-utils procps \
-	skopeo docker-registry mmdebstrap nftables iproute2
+	skopeo docker-registry mmdebstrap nftables iproute2 libseccomp2
 BENCH_PACKAGES := podman crun runc
 
 .PHONY: deps venv kernel guest busybox install run test unit lint bench clean

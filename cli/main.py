@@ -157,6 +157,18 @@ def _env_files(paths: Iterable[str]) -> list[str]:
     return _environment(items)
 
 
+def _security_opt(text: str) -> str:
+    """``seccomp=FILE`` as the daemon takes it, ``seccomp=`` and the profile's JSON, as docker's CLI does."""
+    key, value = text[:7], text[8:]
+    if key != "seccomp" or text[7:8] not in ("=", ":") or value in ("", "unconfined", "builtin"):
+        return text
+    try:
+        with open(value, encoding="utf-8") as f:
+            return f"seccomp={f.read()}"
+    except OSError as err:
+        raise HyperError(f"opening seccomp profile ({value}) failed: {(err.strerror or str(err)).lower()}") from None
+
+
 def _ulimit(text: str) -> dict[str, Any]:
     """``--ulimit nofile=1024:2048`` as docker's {Name, Soft, Hard} (hyperd checks the name)."""
     name, _, values = text.partition("=")
@@ -227,7 +239,7 @@ def _container_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability, or ALL (repeatable)."),
         click.option("--privileged", is_flag=True, help="Every capability, no masked paths."),
         click.option("--security-opt", multiple=True, metavar="OPT",
-                     help="no-new-privileges[:true|false], seccomp=unconfined (repeatable)."),
+                     help="no-new-privileges[:true|false], seccomp=unconfined|PROFILE.json (repeatable)."),
         click.option("--read-only", is_flag=True, help="Mount the container's root filesystem read-only."),
         click.option("--tmpfs", multiple=True, metavar="PATH[:OPTIONS]", help="Mount a tmpfs (repeatable)."),
         click.option("-v", "--volume", "volumes", multiple=True, metavar="[SOURCE:]TARGET[:OPTIONS]",
@@ -313,7 +325,7 @@ def _new_container(host: str, name: str | None, pull_policy: str, platform: str,
         "CapAdd": list(settings["cap_add"]),
         "CapDrop": list(settings["cap_drop"]),
         "Privileged": settings["privileged"],
-        "SecurityOpt": list(settings["security_opt"]),
+        "SecurityOpt": [_security_opt(text) for text in settings["security_opt"]],
         "ReadonlyRootfs": settings["read_only"],
         "Tmpfs": dict(item.partition(":")[::2] for item in settings["tmpfs"]),
         "Binds": [volume.bind(text) for text in settings["volumes"]],

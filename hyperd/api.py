@@ -201,7 +201,7 @@ def _inspect(container: Container, volumes: Volumes) -> dict[str, Any]:
                        "CpusetCpus": spec.resources.cpuset_cpus, "PidsLimit": spec.resources.pids_limit or None,
                        "CapAdd": list(spec.security.cap_add), "CapDrop": list(spec.security.cap_drop),
                        "Privileged": spec.security.privileged, "ReadonlyRootfs": spec.security.read_only,
-                       "SecurityOpt": ["no-new-privileges"] if spec.security.no_new_privileges else [],
+                       "SecurityOpt": spec.security.security_opt(),
                        "Tmpfs": dict(spec.security.tmpfs),
                        "LogConfig": {"Type": spec.log.type, "Config": dict(spec.log.config)},
                        "Binds": [f"{m.source}:{m.target}{':ro' if m.readonly else ''}" for m in spec.mounts

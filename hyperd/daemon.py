@@ -623,7 +623,7 @@ class Daemon:
         spec = container.spec
         wanted = {"stdin"} if spec.open_stdin and not offline else set()
         wanted |= {"tty"} if spec.tty else set()
-        wanted |= {"seccomp", "limits", "devices"}  # never run a container less confined than it asked
+        wanted |= {"seccomp-filter", "limits", "devices"}  # never run a container less confined than it asked
         wanted |= {"tools"} if offline else set()
         if not wanted <= info.capabilities:
             raise errors.GuestError(f"the guest agent cannot give a container {' or '.join(sorted(wanted))} "
@@ -1792,9 +1792,9 @@ def _process(spec: ContainerSpec, args: tuple[str, ...], env: tuple[str, ...], w
                                "no_new_privileges": spec.security.no_new_privileges}
     if spec.ulimits:
         process["rlimits"] = [[RLIMITS[name], soft, hard] for name, soft, hard in spec.ulimits]
-    denied = spec.security.denied_syscalls()
-    if denied is not None:
-        process["denied_syscalls"] = denied
+    program = spec.security.seccomp_filter()
+    if program is not None:
+        process["seccomp"] = base64.b64encode(program).decode()
     return process
 
 

@@ -15,6 +15,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from hyperd import seccomp
 from hyperd.errors import InvalidArgument
 
 MIB = 1 << 20
@@ -35,25 +36,6 @@ CAPABILITIES = (
 DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
                         "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE")
 """docker's default set."""
-SECCOMP_DENIED = {
-    # x86_64 number, and the capability under which docker's default profile allows it (None: never).
-    "acct": (163, "SYS_PACCT"), "add_key": (248, None), "keyctl": (250, None), "request_key": (249, None),
-    "bpf": (321, "SYS_ADMIN"), "clock_adjtime": (305, "SYS_TIME"), "clock_settime": (227, "SYS_TIME"),
-    "settimeofday": (164, "SYS_TIME"), "create_module": (174, "SYS_MODULE"), "delete_module": (176, "SYS_MODULE"),
-    "finit_module": (313, "SYS_MODULE"), "init_module": (175, "SYS_MODULE"), "get_kernel_syms": (177, "SYS_MODULE"),
-    "query_module": (178, "SYS_MODULE"), "fanotify_init": (300, "SYS_ADMIN"), "ioperm": (173, "SYS_RAWIO"),
-    "iopl": (172, "SYS_RAWIO"), "kcmp": (312, "SYS_PTRACE"), "kexec_file_load": (320, "SYS_BOOT"),
-    "kexec_load": (246, "SYS_BOOT"), "lookup_dcookie": (212, "SYS_ADMIN"), "mount": (165, "SYS_ADMIN"),
-    "umount2": (166, "SYS_ADMIN"), "pivot_root": (155, "SYS_ADMIN"), "setns": (308, "SYS_ADMIN"),
-    "unshare": (272, "SYS_ADMIN"), "open_tree": (428, "SYS_ADMIN"), "move_mount": (429, "SYS_ADMIN"),
-    "fsopen": (430, "SYS_ADMIN"), "fsconfig": (431, "SYS_ADMIN"), "fsmount": (432, "SYS_ADMIN"),
-    "fspick": (433, "SYS_ADMIN"), "name_to_handle_at": (303, "SYS_ADMIN"),
-    "open_by_handle_at": (304, "DAC_READ_SEARCH"), "nfsservctl": (180, None), "perf_event_open": (298, "PERFMON"),
-    "quotactl": (179, "SYS_ADMIN"), "reboot": (169, "SYS_BOOT"), "swapon": (167, "SYS_ADMIN"),
-    "swapoff": (168, "SYS_ADMIN"), "sysfs": (139, None), "_sysctl": (156, None), "syslog": (103, "SYSLOG"),
-    "uselib": (134, None), "ustat": (136, None), "userfaultfd": (323, "SYS_PTRACE"),
-}
-"""The system calls docker's default seccomp profile refuses (x86_64), unless a capability lets them."""
 TMPFS_OPTIONS = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks")
 TMPFS_FLAGS = ("ro", "rw", "noexec", "exec", "nosuid", "suid", "nodev", "dev")
 SIZE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)b?$", re.IGNORECASE)
@@ -161,25 +143,26 @@ class Security:
     read_only: bool = False
     tmpfs: dict[str, str] = field(default_factory=dict)
     seccomp: bool = True
-    """docker's default profile (``--security-opt seccomp=unconfined`` turns it off)."""
+    """A seccomp filter (``--security-opt seccomp=unconfined`` turns it off)."""
+    seccomp_profile: str = ""
+    """The JSON of the user's profile (``seccomp=FILE``; the CLI reads the file); empty for docker's default."""
 
     @classmethod
     def parse(cls, cap_add: tuple[str, ...] = (), cap_drop: tuple[str, ...] = (), privileged: bool = False,
               security_opt: tuple[str, ...] = (), read_only: bool = False,
               tmpfs: dict[str, str] | None = None) -> Security:
-        no_new_privileges, filtered = False, True
+        no_new_privileges, filtered, profile = False, True, ""
         for option in security_opt:
             key, value = ([*re.split(r"[=:]", option, maxsplit=1), ""])[:2]
             if key == "no-new-privileges" and value in ("", "true", "false"):
                 no_new_privileges = value != "false"
-            elif key == "seccomp" and value == "unconfined":
-                filtered = False
+            elif key == "seccomp" and value in ("unconfined", "builtin", ""):
+                filtered, profile = value != "unconfined", ""
             elif key == "seccomp":
-                raise InvalidArgument("custom seccomp profiles are not supported: hyper applies docker's default "
-                                      "profile, or none with seccomp=unconfined")
+                filtered, profile = True, value
             else:
-                raise InvalidArgument(f"invalid --security-opt {option!r}: no-new-privileges[:true|false] or "
-                                      "seccomp=unconfined")
+                raise InvalidArgument(f"invalid --security-opt {option!r}: no-new-privileges[:true|false], "
+                                      "seccomp=unconfined or seccomp=PROFILE.json")
         mounts = {}
         for path, options in (tmpfs or {}).items():
             if not path.startswith("/") or path.rstrip("/") == "" or ".." in path.split("/"):
@@ -189,8 +172,10 @@ class Security:
                 if key not in TMPFS_OPTIONS and option not in TMPFS_FLAGS:
                     raise InvalidArgument(f"invalid --tmpfs option {option!r} for {path}")
             mounts[path.rstrip("/")] = options
-        return cls(tuple(_capability(c) for c in cap_add), tuple(_capability(c) for c in cap_drop), privileged,
-                   no_new_privileges, read_only, mounts, filtered)
+        security = cls(tuple(_capability(c) for c in cap_add), tuple(_capability(c) for c in cap_drop), privileged,
+                       no_new_privileges, read_only, mounts, filtered, profile)
+        security.seccomp_filter()  # a profile that does not parse or compile fails the create, not a start
+        return security
 
     def capabilities(self) -> list[int]:
         """The bounding set the container's processes keep, by number."""
@@ -199,13 +184,21 @@ class Security:
         kept -= set(CAPABILITIES) if "ALL" in self.cap_drop else set(self.cap_drop)
         return sorted(CAPABILITIES.index(name) for name in kept)
 
-    def denied_syscalls(self) -> list[int] | None:
-        """What the seccomp filter refuses, or None for no filter (privileged or unconfined)."""
+    def seccomp_filter(self) -> bytes | None:
+        """The BPF program of the container's seccomp filter, or None for none (privileged or unconfined)."""
         if self.privileged or not self.seccomp:
             return None
-        kept = {CAPABILITIES[n] for n in self.capabilities()}
-        return sorted(number for number, capability in SECCOMP_DENIED.values()
-                      if capability is None or capability not in kept)
+        profile = seccomp.parse(self.seccomp_profile) if self.seccomp_profile else seccomp.DEFAULT
+        return seccomp.compile_filter(profile, frozenset(CAPABILITIES[n] for n in self.capabilities()))
+
+    def security_opt(self) -> list[str]:
+        """The options as docker's ``HostConfig.SecurityOpt`` shows them."""
+        options = ["no-new-privileges"] if self.no_new_privileges else []
+        if not self.seccomp:
+            options.append("seccomp=unconfined")
+        elif self.seccomp_profile:
+            options.append(f"seccomp={self.seccomp_profile}")
+        return options
 
     def agent_security(self) -> dict[str, Any]:
         return {"privileged": self.privileged, "read_only": self.read_only}

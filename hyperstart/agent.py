@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 
-from hyperstart import cgroup, container, devcg, network, proc, syscalls, volumes
+from hyperstart import cgroup, container, devcg, network, proc, seccomp, syscalls, volumes
 from hyperstart.protocol import (
     DATA_CHUNK,
     INITIAL_WINDOW,
@@ -48,7 +48,7 @@ AGENT_VERSION = "0.1.0"
 MAX_ERROR = 2048
 """Characters of an error message sent to the host (which refuses longer ones)."""
 CAPABILITIES = ("containers", "signals", "stdio", "export", "network", "stdin", "tty", "exec", "stats", "limits",
-                "seccomp", "changes", "tools", "devices")
+                "seccomp-filter", "changes", "tools", "devices")
 TAR = (container.TOOL, "tar")
 TIOCSWINSZ = 0x5414
 F_SETPIPE_SZ = 1031
@@ -760,7 +760,7 @@ def process_spec(args: dict[str, Any]) -> container.ProcessSpec:
         rlimits=[(int(r), int(soft), int(hard)) for r, soft, hard in args.get("rlimits", [])],
         capabilities=[int(c) for c in args["capabilities"]] if "capabilities" in args else None,
         no_new_privileges=bool(args.get("no_new_privileges")),
-        denied_syscalls=[int(n) for n in args["denied_syscalls"]] if "denied_syscalls" in args else None,
+        seccomp=seccomp.check(binascii.a2b_base64(args["seccomp"], strict_mode=True)) if "seccomp" in args else None,
         tool=bool(args.get("tool")),
     )
 

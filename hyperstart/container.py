@@ -60,12 +60,11 @@ class StartError(Exception):
 class ProcessSpec:
     """What to run: argv, environment, working directory and ``user[:group]``."""
 
-    __slots__ = ("args", "capabilities", "cwd", "denied_syscalls", "env", "no_new_privileges", "rlimits", "tool",
-                 "user")
+    __slots__ = ("args", "capabilities", "cwd", "env", "no_new_privileges", "rlimits", "seccomp", "tool", "user")
 
     def __init__(self, args: list[str], env: list[str], cwd: str = "/", user: str = "",
                  rlimits: list[tuple[int, int, int]] | None = None, capabilities: list[int] | None = None,
-                 no_new_privileges: bool = False, denied_syscalls: list[int] | None = None,
+                 no_new_privileges: bool = False, seccomp: bytes | None = None,
                  tool: bool = False) -> None:
         self.args = args
         self.tool = tool
@@ -78,8 +77,8 @@ class ProcessSpec:
         self.capabilities = capabilities
         """The capabilities kept in the bounding set (all others dropped); None keeps them all."""
         self.no_new_privileges = no_new_privileges
-        self.denied_syscalls = denied_syscalls
-        """System calls a seccomp filter makes fail; None for no filter."""
+        self.seccomp = seccomp
+        """The seccomp filter's BPF program; None for no filter."""
 
 
 class Container:
@@ -386,8 +385,8 @@ def _exec(spec: ProcessSpec, tool: int = -1) -> None:
             syscalls.prctl(PR_CAPBSET_DROP, capability)
     if spec.no_new_privileges:
         syscalls.prctl(PR_SET_NO_NEW_PRIVS, 1)
-    if spec.denied_syscalls is not None:
-        seccomp.install(spec.denied_syscalls)  # while root still has CAP_SYS_ADMIN to install it
+    if spec.seccomp is not None:
+        seccomp.install(spec.seccomp)  # while root still has CAP_SYS_ADMIN to install it
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)

@@ -180,5 +180,31 @@ def test_default_seccomp_profile(hyper: Hyper) -> None:
     # unshare is refused by the filter even where a capability would allow it, unless SYS_ADMIN.
     assert hyper("run", "--rm", "--cap-add", "SYS_ADMIN", "busybox", "unshare", "-u", "true").returncode == 0
     assert hyper("run", "--rm", "busybox", "unshare", "-u", "true").returncode != 0
-    bad = hyper("run", "--rm", "--security-opt", "seccomp=/some/profile.json", "busybox", "true")
-    assert bad.returncode == 125 and "custom seccomp profiles are not supported" in bad.stderr
+
+
+def test_a_seccomp_profile_of_the_users(hyper: Hyper, tmp_path: Path) -> None:
+    """docker's profile format: errnoRet, a condition on an argument; the processes exec starts too."""
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+        {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_EQ"}]},
+    ]}, indent=2))
+    started = hyper("run", "-d", "--name", "filtered", "--security-opt", f"seccomp={profile}", "busybox",
+                    "sleep", "600")
+    assert started.returncode == 0, started.stderr
+    got = hyper("exec", "filtered", "sh", "-c", "mkdir /made; touch /touched && echo touched; "
+                "kill -0 $$ || echo probe refused; kill -CONT $$ && echo signalled")
+    assert "mkdir: can't create directory '/made': Permission denied" in got.stderr, got.stderr
+    assert got.stdout == "touched\nprobe refused\nsignalled\n", got.stdout
+    shown = json.loads(hyper("inspect", "--format", "{{json .HostConfig.SecurityOpt}}", "filtered").stdout)
+    assert [json.loads(option.removeprefix("seccomp=")) for option in shown] == [json.loads(profile.read_text())]
+    assert hyper("rm", "-f", "filtered").returncode == 0
+
+    before = hyper("ps", "-aq").stdout
+    profile.write_text('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"]}]}')
+    bad = hyper("run", "--security-opt", f"seccomp={profile}", "busybox", "true")
+    assert bad.returncode == 125, bad.stderr
+    assert bad.stderr == "hyper: invalid seccomp profile: syscalls[0].action is missing\n", bad.stderr
+    missing = hyper("run", "--security-opt", f"seccomp={tmp_path}/none.json", "busybox", "true")
+    assert missing.returncode == 125 and "opening seccomp profile" in missing.stderr, missing.stderr
+    assert hyper("ps", "-aq").stdout == before

@@ -1,4 +1,4 @@
-"""The confinement hyperd asks of the guest: limits, capabilities, the seccomp deny list and its BPF."""
+"""The confinement hyperd asks of the guest: limits, capabilities, devices and their BPF."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from hyperd.errors import InvalidArgument
-from hyperd.isolation import SECCOMP_DENIED, Device, Resources, Security, parse_size, split_device
-from hyperstart import devcg, seccomp
+from hyperd.isolation import Device, Resources, Security, parse_size, split_device
+from hyperstart import devcg
 
 
 def test_sizes_and_vm_sizing() -> None:
@@ -31,31 +31,13 @@ def test_resource_errors(kwargs: dict[str, object], message: str) -> None:
         Resources.parse(**kwargs)  # type: ignore[arg-type]
 
 
-def test_capabilities_and_the_seccomp_deny_list() -> None:
-    default = Security.parse()
-    syslog, mount = SECCOMP_DENIED["syslog"][0], SECCOMP_DENIED["mount"][0]
-    denied = default.denied_syscalls()
-    assert denied is not None and syslog in denied and mount in denied
-    with_admin = Security.parse(cap_add=("CAP_SYS_ADMIN",)).denied_syscalls()
-    assert with_admin is not None and mount not in with_admin and syslog in with_admin
-    assert Security.parse(privileged=True).denied_syscalls() is None
-    assert Security.parse(security_opt=("seccomp=unconfined",)).denied_syscalls() is None
+def test_capabilities_and_security_options() -> None:
     assert Security.parse(security_opt=("no-new-privileges:true",)).no_new_privileges
     assert len(Security.parse(cap_drop=("ALL",)).capabilities()) == 0
     with pytest.raises(InvalidArgument, match="unknown capability"):
         Security.parse(cap_add=("FLY",))
-
-
-def test_bpf_program_shape() -> None:
-    code = seccomp.program([103, 165, 165])
-    instructions = [struct.unpack("HBBI", code[i:i + 8]) for i in range(0, len(code), 8)]
-    assert len(instructions) == 9  # arch check (3), load nr, x32 check, 2 calls (one repeated), allow, deny
-    deny = len(instructions) - 1
-    assert instructions[deny] == (seccomp.RET, 0, 0, seccomp.RET_ERRNO | seccomp.EPERM)
-    assert instructions[deny - 1] == (seccomp.RET, 0, 0, seccomp.RET_ALLOW)
-    for index in (4, 5, 6):  # every comparison jumps to the deny instruction when it matches
-        _, jt, jf, _ = instructions[index]
-        assert index + 1 + jt == deny and jf == 0
+    with pytest.raises(InvalidArgument, match=r"seccomp=unconfined or seccomp=PROFILE\.json"):
+        Security.parse(security_opt=("apparmor=foo",))
 
 
 def _run_device_program(code: bytes, kind: int, access: int, major: int, minor: int) -> int:
