@@ -157,7 +157,9 @@ def _render_idle(results: Results) -> list[str]:
     return [
         "",
         f"Idle pod: `hyper run -d busybox sleep 3600`, {len(idle.samples)} pods one after another, each",
-        f"measured {results.settle:g} s after start (memory), then CPU over {results.window:g} s; then `hyper rm -f`",
+        f"measured {results.settle:g} s after start (memory), then CPU over {results.window:g} s; then a burst",
+        f"(`hyper exec` of a shell that takes 100 MB and frees it), memory again {results.settle:g} s after it; then",
+        "`hyper rm -f`",
         "",
         f"  {'QEMU process (State.Pid)':<{LABEL_WIDTH}}{'median':>9}{'min':>9}{'max':>9}",
         _row("RSS", idle.stats("rss_mib"), "MiB", 1),
@@ -165,4 +167,7 @@ def _render_idle(results: Results) -> list[str]:
         _row("  of RSS: guest RAM touched (-m mapping)", idle.stats("guest_ram_rss_mib"), "MiB", 1),
         _row("  of RSS: TCG translated-code cache", idle.stats("tcg_code_rss_mib"), "MiB", 1),
         _row("CPU at rest", idle.stats("cpu_percent"), "% of one core", 2),
+        _row("RSS right after a 100 MB burst in the container", idle.stats("burst_rss_mib"), "MiB", 1),
+        _row("RSS once it rested again (free page reporting)", idle.stats("after_burst_rss_mib"), "MiB", 1),
+        _row("  of RSS: guest RAM touched", idle.stats("after_burst_guest_ram_rss_mib"), "MiB", 1),
     ]

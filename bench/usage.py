@@ -86,19 +86,24 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS
 
 
-def at_rest(pid: int, settle: float, window: float) -> Sample:
-    """A QEMU process after ``settle`` seconds: RSS and PSS (MiB, with the guest RAM's and TCG's
-    shares of RSS), then its CPU use over ``window`` seconds (% of one core)."""
-    time.sleep(settle)
+def resident(pid: int) -> Sample:
+    """A QEMU process's RSS and PSS now (MiB), with the guest RAM's and TCG's shares of RSS."""
     memory = memory_kib(pid)
     parts = qemu_breakdown(pid, guest_memory_mib(pid))
-    cpu_before, begun = cpu_seconds(pid), time.monotonic()
-    time.sleep(window)
-    cpu_after, elapsed = cpu_seconds(pid), time.monotonic() - begun
     return {
         "rss_mib": memory["Rss"] / 1024,
         "pss_mib": memory["Pss"] / 1024,
         "guest_ram_rss_mib": parts["guest_ram"] / 1024,
         "tcg_code_rss_mib": parts["tcg_code"] / 1024,
-        "cpu_percent": 100 * (cpu_after - cpu_before) / elapsed,
     }
+
+
+def at_rest(pid: int, settle: float, window: float) -> Sample:
+    """``resident`` after ``settle`` seconds, then the process's CPU use over ``window`` seconds
+    (% of one core)."""
+    time.sleep(settle)
+    sample = resident(pid)
+    cpu_before, begun = cpu_seconds(pid), time.monotonic()
+    time.sleep(window)
+    cpu_after, elapsed = cpu_seconds(pid), time.monotonic() - begun
+    return {**sample, "cpu_percent": 100 * (cpu_after - cpu_before) / elapsed}

@@ -1436,13 +1436,14 @@ class Daemon:
 
     async def update(self, ref: str, changes: dict[str, Any]) -> None:
         """``docker update``: new resource limits (keys of ``Resources.parse``), kept for the
-        next runs and, for a running container, written to its cgroup in the guest now."""
+        next runs and, for a running container, written to its cgroup in the guest now (and, in a
+        VM of its own, its memory limit to the VM's balloon)."""
         container = self.get(ref)
         old = container.spec.resources
         new = Resources.parse(**{**asdict(old), **changes})
         pod = self.pods.get(container.id)
         if pod is not None:
-            memory, vcpus = old.vm_memory_mib(self.config.memory_mib), old.vm_vcpus()
+            memory, vcpus = pod.vm.spec.memory_mib, pod.vm.spec.vcpus
             if new.vm_memory_mib(self.config.memory_mib) > memory or new.vm_vcpus() > vcpus:
                 raise errors.StateError(
                     f"cannot raise the limits of running container {container.name} beyond its VM ({memory} MiB, "
@@ -1450,8 +1451,17 @@ class Daemon:
                     "it and start it again")
             if pod.client.info is None or "limits" not in pod.client.info.capabilities:
                 raise errors.StateError("the guest agent cannot change limits (a guest disk older than this hyperd)")
+            # A VM of one container follows its limit (the balloon); a pod's VM is sized for all of
+            # its containers. The VM grows back first and shrinks last, so that the container's
+            # cgroup, not the VM, is what a process meets.
+            alone = pod.sandbox.members == {container.id} and not pod.sandbox.pod
+            target = new.vm_memory_mib(self.config.memory_mib)
+            if alone and target > old.vm_memory_mib(self.config.memory_mib):
+                await pod.vm.set_memory(target)
             await self._running(container, "update").client.request(
                 "container.update", {"id": container.id, "limits": new.agent_limits()})
+            if alone and target < old.vm_memory_mib(self.config.memory_mib):
+                await pod.vm.set_memory(target)
         container.spec = replace(container.spec, resources=new)
         self.db.save(container)
         self._emit(container, "update")
@@ -1477,7 +1487,7 @@ class Daemon:
         pod = self._observable(container)
         guest = await pod.client.stats(container.id)
         return {"read": time.time_ns(), "guest": guest, "vm": _host_usage(pod.vm.pid),
-                "vcpus": 1, "vm_memory_limit": self.config.memory_mib << 20}
+                "vcpus": 1, "vm_memory_limit": await pod.vm.memory()}
 
     # -- stdin, terminals, exec ----------------------------------------------------------
 

@@ -60,6 +60,8 @@ class VMSpec:
 
 class VM(Protocol):
     pid: int
+    spec: VMSpec
+    """What it was launched with: its vCPUs and its RAM at boot, the most it can have."""
     agent: socket.socket
     """The host end of the agent's channel, connected before the guest boots."""
 
@@ -74,6 +76,12 @@ class VM(Protocol):
 
     async def resume(self) -> None:
         """Let a frozen VM run again."""
+
+    async def set_memory(self, mib: int) -> None:
+        """Shrink (or grow back, up to its boot size) the RAM the guest may use."""
+
+    async def memory(self) -> int:
+        """Bytes of RAM the guest may use now."""
 
 
 class Hypervisor(Protocol):

@@ -75,6 +75,7 @@ class QemuVM:
         self._monitor_sock = monitor
         self._console_sock = console
         self.qmp = QMPClient(spec.name)
+        self.spec = spec
         self._console = asyncio.create_task(self._drain_console(ConsoleLog(spec.console_log)))
 
     async def _drain_console(self, log: ConsoleLog) -> None:
@@ -118,6 +119,19 @@ class QemuVM:
         """The VM's run state as QEMU reports it (running, paused, ...)."""
         reply = await self.qmp.execute("query-status")
         return str(reply["status"]) if isinstance(reply, dict) else "unknown"
+
+    async def set_memory(self, mib: int) -> None:
+        """Let the guest keep ``mib`` of its RAM (at most what it booted with): the balloon takes
+        the rest, and QEMU gives those pages back to the host as the guest hands them over."""
+        await self.qmp.execute("balloon", {"value": min(mib, self.spec.memory_mib) << 20})
+
+    async def memory(self) -> int:
+        """Bytes of RAM the guest has now: its boot size less the balloon, as far as the guest has
+        given pages to it (which the guest reports, so it is bounded here)."""
+        reply = await self.qmp.execute("query-balloon")
+        actual = reply.get("actual") if isinstance(reply, dict) else None
+        total = self.spec.memory_mib << 20
+        return min(max(actual, 0), total) if isinstance(actual, int) else total
 
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
@@ -207,6 +221,10 @@ class Qemu:
             "-chardev", f"socket,id=agent,fd={agent_fd}",
             "-device", f"virtserialport,chardev=agent,name={PORT_NAME}",
             "-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng",
+            # hyper update shrinks a VM with its container's limit; pages the guest frees go back
+            # to the host as they are freed; and a guest short of memory takes the balloon's back
+            # before its OOM killer would end a process.
+            "-device", "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on",
             "-chardev", f"socket,id=monitor,fd={monitor_fd}", "-mon", "chardev=monitor,mode=control",
         ]
         return argv

@@ -102,16 +102,30 @@ def test_read_only_root_with_tmpfs(hyper: Hyper) -> None:
     assert bad.returncode == 125 and "invalid --tmpfs path" in bad.stderr
 
 
+def vm_memory(hyper: Hyper, container: str) -> str:
+    """The RAM of the container's VM, as the last column of ``hyper stats`` shows it."""
+    got = hyper("stats", "--no-stream", container)
+    assert got.returncode == 0, got.stderr
+    return got.stdout.splitlines()[-1].rsplit("/", 1)[1].strip()
+
+
 def test_update_changes_a_running_containers_limits(hyper: Hyper) -> None:
     assert hyper("run", "-d", "--name", "resized", "-m", "256m", "busybox", "sleep", "600").returncode == 0
     hog = "x=$(head -c 60000000 /dev/zero | tr '\\0' a); echo survived"
     assert hyper("exec", "resized", "sh", "-c", hog).stdout == "survived\n"
+    assert vm_memory(hyper, "resized") == "352MiB"  # the limit and the guest's 96 MiB
     assert hyper("update", "-m", "24m", "resized").stdout == "resized\n"
     assert json.loads(hyper("inspect", "resized").stdout)[0]["HostConfig"]["Memory"] == 24 << 20
+    # The VM shrinks with its container's limit, to hyperd's default VM size (256 MiB) at the
+    # least: the guest hands pages to its balloon.
+    wait_for(lambda: vm_memory(hyper, "resized") == "256MiB", 60, "the balloon to take the VM down to 256 MiB")
     killed = hyper("exec", "resized", "sh", "-c", hog, timeout=OOM_TIMEOUT)  # exec'd processes are in the cgroup too
     assert killed.returncode == 137 and "survived" not in killed.stdout
     beyond = hyper("update", "-m", "2g", "resized")
-    assert beyond.returncode == 125 and "beyond its VM" in beyond.stderr
+    assert beyond.returncode == 125 and "beyond its VM (352 MiB" in beyond.stderr
+    assert hyper("update", "-m", "256m", "resized").returncode == 0  # back up to the VM's size at boot
+    wait_for(lambda: vm_memory(hyper, "resized") == "352MiB", 60, "the balloon to give the VM its memory back")
+    assert hyper("exec", "resized", "sh", "-c", hog).stdout == "survived\n"
     assert hyper("stop", "-t", "0", "resized").returncode == 0
     assert hyper("update", "--cpus", "1", "resized").returncode == 0  # stopped: kept for the next run
     assert json.loads(hyper("inspect", "resized").stdout)[0]["HostConfig"]["NanoCpus"] == 10**9
