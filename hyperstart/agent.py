@@ -35,6 +35,7 @@ from hyperstart.protocol import (
     encode_message,
     encode_window,
     exit_status,
+    header,
 )
 
 TYPE_CHECKING = False
@@ -419,7 +420,10 @@ class Agent:
                 data = b""
             if data:
                 out.window -= len(data)
-                self.send(encode(Kind.DATA, out.stream, data))
+                # Header and bytes written apart: joining them would copy every byte once more,
+                # and copies are the dearest part of stdio under emulation.
+                self.send(header(Kind.DATA, out.stream, len(data)))
+                self.send(data)
                 if out.window <= 0:
                     self.selector.unregister(out.fd)
                 return

@@ -78,10 +78,15 @@ class Frame:
         self.payload = payload
 
 
+def header(kind: Kind, stream: int, length: int) -> bytes:
+    """A frame's header alone, for a payload written after it (no copy of the two joined)."""
+    if length > MAX_PAYLOAD:
+        raise ValueError(f"payload of {length} bytes exceeds {MAX_PAYLOAD}")
+    return HEADER.pack(kind, 0, 0, stream, length)
+
+
 def encode(kind: Kind, stream: int, payload: bytes = b"") -> bytes:
-    if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    return HEADER.pack(kind, 0, 0, stream, len(payload)) + payload
+    return header(kind, stream, len(payload)) + payload
 
 
 def encode_message(kind: Kind, message: dict[str, Any]) -> bytes:
