@@ -15,7 +15,7 @@ import signal
 import socket
 from pathlib import Path
 
-from qemu.qmp import QMPClient
+from qemu.qmp import QMPClient, QMPError
 
 from hyperd import spawn
 from hyperd.errors import BootFailed, HypervisorMissing
@@ -127,10 +127,14 @@ class QemuVM:
 
     async def memory(self) -> int:
         """Bytes of RAM the guest has now: its boot size less the balloon, as far as the guest has
-        given pages to it (which the guest reports, so it is bounded here)."""
-        reply = await self.qmp.execute("query-balloon")
-        actual = reply.get("actual") if isinstance(reply, dict) else None
+        given pages to it (which the guest reports, so it is bounded here); its boot size when
+        QEMU cannot say (it is going away), as a figure for ``stats`` is no reason to fail."""
         total = self.spec.memory_mib << 20
+        try:
+            reply = await self.qmp.execute("query-balloon")
+        except QMPError:
+            return total
+        actual = reply.get("actual") if isinstance(reply, dict) else None
         return min(max(actual, 0), total) if isinstance(actual, int) else total
 
     async def _close(self) -> None:
