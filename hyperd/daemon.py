@@ -1455,12 +1455,12 @@ class Daemon:
             # its containers. The VM grows back first and shrinks last, so that the container's
             # cgroup, not the VM, is what a process meets.
             alone = pod.sandbox.members == {container.id} and not pod.sandbox.pod
-            target = new.vm_memory_mib(self.config.memory_mib)
-            if alone and target > old.vm_memory_mib(self.config.memory_mib):
+            target, current = new.vm_memory_mib(self.config.memory_mib), old.vm_memory_mib(self.config.memory_mib)
+            if alone and target > current:
                 await pod.vm.set_memory(target)
             await self._running(container, "update").client.request(
                 "container.update", {"id": container.id, "limits": new.agent_limits()})
-            if alone and target < old.vm_memory_mib(self.config.memory_mib):
+            if alone and target < current:
                 await pod.vm.set_memory(target)
         container.spec = replace(container.spec, resources=new)
         self.db.save(container)
