@@ -159,8 +159,10 @@ def _env_files(paths: Iterable[str]) -> list[str]:
 
 def _security_opt(text: str) -> str:
     """``seccomp=FILE`` as the daemon takes it, ``seccomp=`` and the profile's JSON, as docker's CLI does."""
-    key, value = text[:7], text[8:]
-    if key != "seccomp" or text[7:8] not in ("=", ":") or value in ("", "unconfined", "builtin"):
+    from hyperd.isolation import SECCOMP_NAMED, split_security_opt
+
+    key, value = split_security_opt(text)
+    if key != "seccomp" or value in SECCOMP_NAMED:
         return text
     try:
         with open(value, encoding="utf-8") as f:

@@ -36,6 +36,8 @@ CAPABILITIES = (
 DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
                         "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE")
 """docker's default set."""
+SECCOMP_NAMED = ("unconfined", "builtin", "")
+"""``seccomp=`` values that name no profile file: none, or docker's default."""
 TMPFS_OPTIONS = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks")
 TMPFS_FLAGS = ("ro", "rw", "noexec", "exec", "nosuid", "suid", "nodev", "dev")
 SIZE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)b?$", re.IGNORECASE)
@@ -127,6 +129,12 @@ class Resources:
         return limits
 
 
+def split_security_opt(option: str) -> tuple[str, str]:
+    """``--security-opt key=value`` (or docker's older ``key:value``) as its key and value."""
+    key, value = ([*re.split(r"[=:]", option, maxsplit=1), ""])[:2]
+    return key, value
+
+
 def _capability(name: str) -> str:
     upper = name.upper().removeprefix("CAP_")
     if upper != "ALL" and upper not in CAPABILITIES:
@@ -153,10 +161,10 @@ class Security:
               tmpfs: dict[str, str] | None = None) -> Security:
         no_new_privileges, filtered, profile = False, True, ""
         for option in security_opt:
-            key, value = ([*re.split(r"[=:]", option, maxsplit=1), ""])[:2]
+            key, value = split_security_opt(option)
             if key == "no-new-privileges" and value in ("", "true", "false"):
                 no_new_privileges = value != "false"
-            elif key == "seccomp" and value in ("unconfined", "builtin", ""):
+            elif key == "seccomp" and value in SECCOMP_NAMED:
                 filtered, profile = value != "unconfined", ""
             elif key == "seccomp":
                 filtered, profile = True, value

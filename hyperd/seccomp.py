@@ -148,16 +148,19 @@ class Rule:
         return [(condition,) for condition in self.conditions]
 
 
-def _applies_here(spec: dict[str, Any], include: bool, where: str) -> bool:
-    """Whether ``includes`` (or ``excludes``) lets a rule into a filter for the guest, as far as its
-    architecture and kernel decide; capabilities are the container's, decided at compile time."""
+def _filter(spec: dict[str, Any], include: bool, where: str) -> tuple[str, ...] | None:
+    """``includes`` (or ``excludes``): None when its architectures or kernel version keep the rule
+    out of a filter for the guest, else its capabilities (names without ``CAP_``), which are
+    weighed against each container's when compiling."""
     spec = _object(spec, FILTER_KEYS, where)
-    _strings(spec.get("caps", []), f"{where}.caps")
+    caps = _strings(spec.get("caps", []), f"{where}.caps")
     arches = _strings(spec.get("arches", []), f"{where}.arches")
     if arches and bool(set(arches) & set(GUEST_ARCHES)) != include:
-        return False
+        return None
     minimum = spec.get("minKernel")
-    return not minimum or (_kernel(minimum, where) <= GUEST_KERNEL) == include
+    if minimum and (_kernel(minimum, where) <= GUEST_KERNEL) != include:
+        return None
+    return tuple(c.upper().removeprefix("CAP_") for c in caps)
 
 
 def _rule(entry: Any, where: str) -> Rule | None:
@@ -182,13 +185,11 @@ def _rule(entry: Any, where: str) -> Rule | None:
         conditions.append(Condition(_integer(arg.get("index"), f"{at}.index", 5), COMPARISONS[arg["op"]],
                                     _integer(arg.get("value", 0), f"{at}.value", (1 << 64) - 1),
                                     _integer(arg.get("valueTwo", 0), f"{at}.valueTwo", (1 << 64) - 1)))
-    includes, excludes = entry.get("includes") or {}, entry.get("excludes") or {}
-    if not (_applies_here(includes, True, f"{where}.includes") and _applies_here(excludes, False,
-                                                                                 f"{where}.excludes")):
+    caps = _filter(entry.get("includes") or {}, True, f"{where}.includes")
+    not_caps = None if caps is None else _filter(entry.get("excludes") or {}, False, f"{where}.excludes")
+    if caps is None or not_caps is None:
         return None
-    return Rule(names, action, tuple(conditions), tuple(c.upper().removeprefix("CAP_") for c in
-                                                         includes.get("caps", [])),
-                tuple(c.upper().removeprefix("CAP_") for c in excludes.get("caps", [])))
+    return Rule(names, action, tuple(conditions), caps, not_caps)
 
 
 @dataclass(frozen=True)
