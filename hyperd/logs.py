@@ -44,6 +44,15 @@ CACHE_MAX_FILE = 5
 """The json-file cache kept beside a syslog driver: docker's dual logging defaults."""
 MAX_BACKLOG = 1 << 20
 """Bytes waiting for a TCP syslog server; beyond, lines are dropped rather than held."""
+ENTRY_MAX = 16 << 10
+"""A longer line is written as several entries (the last one ending it), as docker does.  This
+also keeps each chunk's escaped text small: binary output escapes to six times its size."""
+WRITEBACK_STEP = 8 << 20
+"""A json-file log goes to disk and leaves the page cache by steps of this many bytes, behind
+the writer: a container's output does not fill the host's memory with dirty pages (nor push
+the VMs' image disks out of the cache), and the writes land in pages freed moments before,
+which costs far less than fresh ones (a loop of 1 GiB of binary output, 6 GiB of log once
+escaped, is written about three times faster)."""
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
@@ -136,27 +145,45 @@ def timestamp() -> str:
     return datetime.fromtimestamp(now // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{now % 10**9:09d}Z"
 
 
+def cut(data: bytes) -> Iterator[bytes]:
+    """``data`` in pieces of at most ENTRY_MAX bytes, cut between UTF-8 characters."""
+    start = 0
+    while len(data) - start > ENTRY_MAX:
+        end = start + ENTRY_MAX
+        for _ in range(3):  # a character has at most 3 continuation bytes (10xxxxxx)
+            if data[end] & 0xC0 != 0x80:
+                break
+            end -= 1
+        yield data[start:end]
+        start = end
+    yield data[start:]
+
+
 def encode(stream: int, data: bytes, now: str) -> bytes:
     """``data`` as json-file entries, one per line, each with its newline, and a trailing partial
     line as an entry of its own.
 
-    The whole chunk is escaped in one call and cut at its escaped newlines, so that the cost
-    does not grow with the number of lines: a pod printing short lines is written as fast as
-    one printing long ones.  An escaped backslash is set aside first (as a NUL, which JSON
-    escaping never leaves raw), so that a backslash followed by ``n`` in the output is not
-    taken for a newline.
+    The whole chunk is escaped in one call, so that the cost does not grow with the number of
+    lines: a pod printing short lines is written as fast as one printing long ones.  A chunk of
+    one line, or of part of one (a long output without newlines), is one entry as it is.  Other
+    chunks are cut at their escaped newlines; an escaped backslash is set aside first (as a NUL,
+    which JSON escaping never leaves raw), so that a backslash followed by ``n`` is not taken
+    for a newline.  Whether either is needed is asked of the raw bytes, a fast scan: the
+    escaped text of binary output is full of backslashes, slow to search.
     """
-    escaped = json.dumps(data.decode(errors="replace"), ensure_ascii=False)[1:-1]
-    # Each pass is skipped when a fast scan finds nothing for it to do (most chunks).
-    backslashes = "\\\\" in escaped
-    if backslashes:
-        escaped = escaped.replace("\\\\", "\0")
-    lines = escaped.split("\\n") if "\\n" in escaped else [escaped]
+    if not data:
+        return b""
+    quoted = json.dumps(data.decode(errors="replace"), ensure_ascii=False)
+    tail = f',"stream":"{STREAMS[stream]}","time":"{now}"}}\n'
+    if data.find(b"\n", 0, len(data) - 1) < 0:
+        return f'{{"log":{quoted}{tail}'.encode()
+    backslashes = b"\\" in data
+    escaped = quoted[1:-1].replace("\\\\", "\0") if backslashes else quoted[1:-1]
+    lines = escaped.split("\\n")
     partial = lines.pop()
-    tail = f'","stream":"{STREAMS[stream]}","time":"{now}"}}\n'
-    entries = "".join(('{"log":"', f'\\n{tail}{{"log":"'.join(lines), f"\\n{tail}")) if lines else ""
+    entries = "".join(('{"log":"', f'\\n"{tail}{{"log":"'.join(lines), f'\\n"{tail}'))
     if partial:
-        entries += f'{{"log":"{partial}{tail}'
+        entries += f'{{"log":"{partial}"{tail}'
     return (entries.replace("\0", "\\\\") if backslashes else entries).encode()
 
 
@@ -171,32 +198,41 @@ class JsonFileLog:
         self._file = self._open()
 
     def _open(self) -> Any:
-        # Unbuffered: each chunk is one write(2) that lands or fails (ENOSPC) as a whole,
+        # Unbuffered: each chunk is one writev(2) that lands or fails (ENOSPC) as a whole,
         # leaving nothing half-buffered to fail again later.
         opened = self.path.open("ab", buffering=0)
-        self.size = os.fstat(opened.fileno()).st_size
+        self.size = self._dropped = self._flushing = os.fstat(opened.fileno()).st_size
         return opened
 
     def write(self, stream: int, data: bytes) -> None:
         """Append ``data`` as one entry per line (a trailing partial line is an entry too)."""
-        encoded = encode(stream, data, timestamp())
-        if not self.max_size or self.size + len(encoded) <= self.max_size:
+        now = timestamp()
+        encoded = [encode(stream, piece, now) for piece in cut(data)]
+        if not self.max_size or self.size + sum(map(len, encoded)) <= self.max_size:
             self._append(encoded)
             return
         # Rotate between entries, as docker does: one chunk of output may hold many lines.
-        batch = bytearray()
-        for entry in encoded.splitlines(keepends=True):  # JSON escapes every \r and \n inside an entry
-            if self.size + len(batch) + len(entry) > self.max_size and (self.size or batch):
-                self._append(batch)
-                batch.clear()
+        batch: list[bytes] = []
+        size = 0
+        for entry in (line for chunk in encoded for line in chunk.splitlines(keepends=True)):
+            # (JSON escapes every \r and \n inside an entry.)
+            if self.size + size + len(entry) > self.max_size and (self.size or batch):
+                self._append([b"".join(batch)])
+                batch, size = [], 0
                 self._rotate()
-            batch += entry
-        self._append(batch)
+            batch.append(entry)
+            size += len(entry)
+        self._append([b"".join(batch)])
 
-    def _append(self, data: bytes | bytearray) -> None:
-        if data:
-            self._file.write(data)
-            self.size += len(data)
+    def _append(self, chunks: list[bytes]) -> None:
+        if not any(chunks):
+            return
+        self.size += os.writev(self._file.fileno(), chunks)
+        if self.size - self._flushing >= WRITEBACK_STEP:
+            # Starts writing out what came since the last step, and drops what the step before
+            # started (on disk by now) from the page cache; neither waits for the disk.
+            os.posix_fadvise(self._file.fileno(), self._dropped, self.size - self._dropped, os.POSIX_FADV_DONTNEED)
+            self._dropped, self._flushing = self._flushing, self.size
 
     def _rotate(self) -> None:
         """The current file becomes ``.1``, ``.1`` becomes ``.2``...; the oldest beyond ``max_files`` goes."""

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from hyperd import logs
 from hyperd.errors import InvalidArgument
-from hyperd.logs import JsonFileLog, LogConfig, SyslogLog, encode, read, rotated, tag
+from hyperd.logs import ENTRY_MAX, JsonFileLog, LogConfig, SyslogLog, encode, read, rotated, tag
 
 
 @pytest.mark.parametrize("data", [b"hi\n", b"a\nb", b"", b"\n\n", b"back\\nslash\\\\n\n", b'quote"and\\\n',
-                                  b"\x00\x01\xff\n", "\u00e9\u20ac\u2028x\n".encode(), b"a\r\nb\r", b"\\"])
+                                  b"\x00\x01\xff\n", "\u00e9\u20ac\u2028x\n".encode(), b"a\r\nb\r", b"\\",
+                                  b"\x00" * 3, b"no\\nnewline", b"one line\n"])
 def test_entries_are_docker_json_lines(data: bytes) -> None:
     text, expected = data.decode(errors="replace"), []
     while text:
@@ -23,6 +25,23 @@ def test_entries_are_docker_json_lines(data: bytes) -> None:
     got = [json.loads(line) for line in encode(2, data, "T").decode().split("\n") if line]
     assert [entry["log"] for entry in got] == expected
     assert all(entry["stream"] == "stderr" and entry["time"] == "T" for entry in got)
+
+
+def test_a_long_line_is_cut_into_entries_between_characters(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "WRITEBACK_STEP", 1 << 16)  # several steps of writeback on the way
+    path = tmp_path / "c-json.log"
+    log = JsonFileLog(path)
+    # The first cut would fall inside the e-acute: it backs off before it.
+    line = ("x" * (ENTRY_MAX - 1) + "\u00e9" + "y" * ENTRY_MAX + "\n").encode()
+    data = line * 2 + bytes(3 * ENTRY_MAX)
+    log.write(1, data)
+    log.write(2, b"after\n")
+    log.close()
+    entries = list(read(path))
+    assert b"".join(entry.data for entry in entries[:-1]) == data
+    assert entries[0].data == b"x" * (ENTRY_MAX - 1) and all(len(entry.data) <= ENTRY_MAX for entry in entries)
+    assert (entries[-1].stream, entries[-1].data) == (2, b"after\n")
 
 
 def test_rotation_keeps_exactly_max_file_files(tmp_path: Path) -> None:
