@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,7 @@ def encode(stream: int, data: bytes, now: str) -> bytes:
     """
     if not data:
         return b""
-    quoted = json.dumps(data.decode(errors="replace"), ensure_ascii=False)
+    quoted = encode_basestring(data.decode(errors="replace"))  # json.dumps of a str, without its set-up
     tail = f',"stream":"{STREAMS[stream]}","time":"{now}"}}\n'
     if data.find(b"\n", 0, len(data) - 1) < 0:
         return f'{{"log":{quoted}{tail}'.encode()
