@@ -309,6 +309,8 @@ def _enter_root(container: Container) -> None:
     plain = syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
     syscalls.mount("proc", f"{root}/proc", "proc", plain)
     syscalls.mount("sysfs", f"{root}/sys", "sysfs", plain | syscalls.MS_RDONLY)
+    syscalls.mount("cgroup2", f"{root}/sys/fs/cgroup", "cgroup2",
+                   plain if container.privileged else plain | syscalls.MS_RDONLY)
     _populate_dev(root, f"{RUN}/containers/{container.id}/pts", container.devices)
     os.chdir(root)
     syscalls.pivot_root(".", ".")
@@ -442,11 +444,14 @@ def _reaper(container: Container, spec: ProcessSpec, stdio: list[int], tty: bool
     shared = container.shared
     # Opened before entering: inside, /bin/busybox is the container's, if it has one at all.
     tool = os.open(TOOL, os.O_RDONLY | os.O_CLOEXEC) if spec.tool else -1
+    # A cgroup namespace rooted at the container's cgroup (joined already), as docker's default
+    # on cgroup v2: the container sees its own limits at /sys/fs/cgroup, and itself at "/".
+    own = syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWCGROUP
     if shared is not None and shared.ipc_fd >= 0:
-        syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS)
+        syscalls.unshare(own)
         syscalls.setns(shared.ipc_fd, syscalls.CLONE_NEWIPC)
     else:
-        syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC)
+        syscalls.unshare(own | syscalls.CLONE_NEWIPC)
     _enter_root(container)
     socket.sethostname(container.hostname)
     for key, value in (sysctls or {}).items():
@@ -496,10 +501,10 @@ def _child(container: Container, errors: int, what: str, body: Callable[[], None
 
 
 def enter(container: Container, spec: ProcessSpec, stdio: list[int], errors: int, tty: bool = False) -> int:
-    """Fork a process into a running container's PID, mount, UTS and IPC namespaces (``exec``);
+    """Fork a process into a running container's PID, mount, UTS, IPC and cgroup namespaces (``exec``);
     it is the agent's child, so the agent reaps it and reports its exit.  Returns its pid."""
     names = (("pid", syscalls.CLONE_NEWPID), ("mnt", syscalls.CLONE_NEWNS), ("uts", syscalls.CLONE_NEWUTS),
-             ("ipc", syscalls.CLONE_NEWIPC))
+             ("ipc", syscalls.CLONE_NEWIPC), ("cgroup", syscalls.CLONE_NEWCGROUP))
     namespaces = [(os.open(f"/proc/{container.pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), flag)
                   for name, flag in names]
     # Opened before entering: inside, /bin/busybox is the container's, if it has one at all.

@@ -57,6 +57,22 @@ def test_cpus_cap_a_busy_loop(hyper: Hyper) -> None:
     assert limited < 0.75 * 400 and free > limited + 60, (limited, free)
 
 
+def test_the_container_sees_its_own_cgroup(hyper: Hyper) -> None:
+    # As docker on cgroup v2: a cgroup namespace, and the container's cgroup read-only at
+    # /sys/fs/cgroup, where runtimes that size themselves (a JVM's heap) read their limits.
+    probe = ("cat /proc/self/cgroup /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max; "
+             "mkdir /sys/fs/cgroup/sub 2>&1 || true")
+    limits = ("-m", "64m", "--cpus", "1.5")
+    expected = ["0::/", "67108864", "150000 100000",
+                "mkdir: can't create directory '/sys/fs/cgroup/sub': Read-only file system"]
+    assert hyper("run", "--rm", *limits, "busybox", "sh", "-c", probe).stdout.splitlines() == expected
+    assert hyper("run", "-d", "--name", "own-cgroup", *limits, "busybox", "sleep", "600").returncode == 0
+    assert hyper("exec", "own-cgroup", "sh", "-c", probe).stdout.splitlines() == expected
+    privileged = hyper("run", "--rm", "--privileged", "busybox", "sh", "-c",
+                       "mkdir /sys/fs/cgroup/sub && cat /sys/fs/cgroup/sub/cgroup.type")
+    assert privileged.stdout == "domain\n", privileged.stderr
+
+
 def test_capabilities(hyper: Hyper) -> None:
     assert status_field(hyper, "CapBnd") == DOCKER_DEFAULT_CAPS
     assert status_field(hyper, "CapEff") == DOCKER_DEFAULT_CAPS
