@@ -20,8 +20,8 @@ def status_field(hyper: Hyper, name: str, *flags: str) -> str:
 
 
 # A bound, not a threshold: under TCG, a hog in a container whose writable layer is an ext4
-# disk thrashes for a while before the guest's OOM killer ends it (7-8 s with a tmpfs layer,
-# 24-61 s and more with the disk on this host).
+# disk may thrash for long before the guest's OOM killer ends it (4-8 s with a tmpfs layer;
+# 6-11 s with the disk most of the time, but up to 131 s seen on this host).
 OOM_TIMEOUT = 3 * CLI_TIMEOUT
 
 
