@@ -1444,7 +1444,8 @@ class Daemon:
         pod = self.pods.get(container.id)
         if pod is not None:
             memory, vcpus = pod.vm.spec.memory_mib, pod.vm.spec.vcpus
-            if new.vm_memory_mib(self.config.memory_mib) > memory or new.vm_vcpus() > vcpus:
+            target, current = new.vm_memory_mib(self.config.memory_mib), old.vm_memory_mib(self.config.memory_mib)
+            if target > memory or new.vm_vcpus() > vcpus:
                 raise errors.StateError(
                     f"cannot raise the limits of running container {container.name} beyond its VM ({memory} MiB, "
                     f"{vcpus} vCPU{'s' if vcpus > 1 else ''}): no memory or CPU hotplug here; stop it, update "
@@ -1455,7 +1456,6 @@ class Daemon:
             # its containers. The VM grows back first and shrinks last, so that the container's
             # cgroup, not the VM, is what a process meets.
             alone = pod.sandbox.members == {container.id} and not pod.sandbox.pod
-            target, current = new.vm_memory_mib(self.config.memory_mib), old.vm_memory_mib(self.config.memory_mib)
             if alone and target > current:
                 await pod.vm.set_memory(target)
             await self._running(container, "update").client.request(

@@ -52,8 +52,8 @@ WRITEBACK_STEP = 8 << 20
 """A json-file log goes to disk and leaves the page cache by steps of this many bytes, behind
 the writer: a container's output does not fill the host's memory with dirty pages (nor push
 the VMs' image disks out of the cache), and the writes land in pages freed moments before,
-which costs far less than fresh ones (a loop of 1 GiB of binary output, 6 GiB of log once
-escaped, is written about three times faster)."""
+which costs far less than fresh ones (a loop writing 3 GiB of escaped NULs took 1.5 s of CPU
+instead of 4.9 on the bench's host)."""
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
@@ -213,19 +213,17 @@ class JsonFileLog:
             self._append(encoded)
             return
         # Rotate between entries, as docker does: one chunk of output may hold many lines.
-        batch: list[bytes] = []
-        size = 0
+        batch = bytearray()
         for entry in (line for chunk in encoded for line in chunk.splitlines(keepends=True)):
             # (JSON escapes every \r and \n inside an entry.)
-            if self.size + size + len(entry) > self.max_size and (self.size or batch):
-                self._append([b"".join(batch)])
-                batch, size = [], 0
+            if self.size + len(batch) + len(entry) > self.max_size and (self.size or batch):
+                self._append([batch])
+                batch.clear()
                 self._rotate()
-            batch.append(entry)
-            size += len(entry)
-        self._append([b"".join(batch)])
+            batch += entry
+        self._append([batch])
 
-    def _append(self, chunks: list[bytes]) -> None:
+    def _append(self, chunks: list[bytes] | list[bytearray]) -> None:
         if not any(chunks):
             return
         self.size += os.writev(self._file.fileno(), chunks)
