@@ -335,7 +335,7 @@ class Agent:
         try:
             while size and not self.pending:
                 size -= os.splice(self.relay_r, self.port, size, flags=os.SPLICE_F_NONBLOCK)
-        except BlockingIOError:
+        except OSError:  # the port is full (EAGAIN), or the guest short of memory for its list (ENOMEM)
             pass
         if size:
             self.send(os.read(self.relay_r, size))
